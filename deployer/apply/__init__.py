@@ -1,0 +1,7 @@
+"""Stage 4, apply: change the host. Secrets into memory, stacks up in order, results out."""
+
+from deployer.apply.compose import ComposeBackend, StackBackend
+from deployer.apply.executor import run_stacks
+from deployer.apply.secrets import decrypt_files, redact
+
+__all__ = ["ComposeBackend", "StackBackend", "decrypt_files", "redact", "run_stacks"]

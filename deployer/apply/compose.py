@@ -1,0 +1,143 @@
+"""How one stack is brought up on a Docker engine with `docker compose`.
+
+`StackBackend` is the small interface the executor drives; `ComposeBackend` is its only
+implementation so far. A Swarm backend (`docker stack deploy`) or a remote engine fits behind it.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Protocol
+
+from deployer.apply.secrets import redact
+from deployer.errors import ComposeError, ComposeInvalidError, HealthCheckError
+from deployer.model import Directory, Stack, StackName
+from deployer.runner import CommandRunner, Completed
+
+__all__ = ["ComposeBackend", "StackBackend", "compose_base_argv", "compose_up_argv"]
+
+#: how much of a failing command's output is kept for the operator
+OUTPUT_TAIL = 4000
+#: markers of `up --wait` failing on health rather than on creating things
+_HEALTH_MARKERS = ("is unhealthy", "not healthy after", "exited (", "has exited")
+#: extra seconds we give `up` beyond its own --wait-timeout before we kill it
+_UP_GRACE = 120
+
+
+class StackBackend(Protocol):
+    def check(self, stack: Stack, *, workdir: Path, env: Mapping[str, str]) -> None:
+        """Raise ComposeInvalidError unless the engine's tooling accepts the stack."""
+        ...
+
+    def up(self, stack: Stack, *, workdir: Path, env: Mapping[str, str]) -> str:
+        """Bring the stack to its declared state and wait for health; return the output.
+
+        Raises ComposeError (or HealthCheckError) with the output tail attached.
+        """
+        ...
+
+    def down(self, name: StackName) -> str:
+        """Remove a stack by name (its files may be gone); return the output."""
+        ...
+
+
+def compose_base_argv(stack: Stack, workdir: Path) -> list[str]:
+    """The part of every compose command that names the project and its file."""
+    return [
+        "docker", "compose", "--ansi", "never", "--progress", "plain",
+        "--project-name", stack.name,
+        "--project-directory", str(workdir / stack.folder),
+        "--file", str(workdir / stack.compose_file),
+    ]  # fmt: skip
+
+
+def compose_up_argv(stack: Stack, workdir: Path) -> list[str]:
+    wait = ["--wait", "--wait-timeout", str(stack.wait_timeout)] if stack.wait_timeout else []
+    return [*compose_base_argv(stack, workdir), "up", "--detach", "--remove-orphans", *wait]
+
+
+class ComposeBackend:
+    """Brings stacks up with the `docker compose` v2 CLI on the engine `docker_env` points at."""
+
+    def __init__(self, *, runner: CommandRunner, docker_env: Mapping[str, str]) -> None:
+        self.runner = runner
+        self.docker_env = dict(docker_env)
+
+    def check(self, stack: Stack, *, workdir: Path, env: Mapping[str, str]) -> None:
+        result = self._run([*compose_base_argv(stack, workdir), "config", "--quiet"], env, timeout=60)
+        if not result.ok:
+            raise ComposeInvalidError(
+                f"{stack.compose_file}: docker compose config rejected it: {_last_line(result, env)}"
+            )
+
+    def up(self, stack: Stack, *, workdir: Path, env: Mapping[str, str]) -> str:
+        for network in stack.networks:
+            self._ensure_network(stack, network)
+        for directory in stack.directories:
+            _ensure_directory(stack, directory)
+        timeout = stack.wait_timeout + _UP_GRACE if stack.wait_timeout else 30 * 60
+        result = self._run(compose_up_argv(stack, workdir), env, timeout=timeout)
+        output = _tail(result, env)
+        if result.ok:
+            return output
+        error = HealthCheckError if any(m in output for m in _HEALTH_MARKERS) else ComposeError
+        what = "did not become healthy" if error is HealthCheckError else "compose up failed"
+        raise error(f"{stack.compose_file}: {what}: {_last_line(result, env)}", output=output)
+
+    def down(self, name: StackName) -> str:
+        argv = ["docker", "compose", "--ansi", "never", "--project-name", name, "down", "--remove-orphans"]
+        result = self._run(argv, {}, timeout=600)
+        if not result.ok:
+            raise ComposeError(f"stack {name}: compose down failed: {_last_line(result, {})}", output=_tail(result, {}))
+        return _tail(result, {})
+
+    def _run(self, argv: list[str], secrets: Mapping[str, str], *, timeout: float) -> Completed:
+        return self.runner.run(argv, env={**self.docker_env, **secrets}, timeout=timeout)
+
+    def _ensure_network(self, stack: Stack, name: str) -> None:
+        if self.runner.run(["docker", "network", "inspect", name], env=self.docker_env, timeout=30).ok:
+            return
+        created = self.runner.run(
+            ["docker", "network", "create", "--label", f"io.deployer.created-by={stack.name}", name],
+            env=self.docker_env,
+            timeout=60,
+        )
+        if not created.ok and "already exists" not in created.stderr:
+            raise ComposeError(f"{stack.compose_file}: cannot create network {name}: {_last_line(created, {})}")
+
+
+def _ensure_directory(stack: Stack, directory: Directory) -> None:
+    """Create a host directory and give it the declared owner and mode (also when it exists)."""
+    path = Path(directory.path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if directory.owner is not None:
+            uid, gid = _owner_ids(directory.owner)
+            os.chown(path, uid, gid)
+        if directory.mode is not None:
+            path.chmod(directory.mode)
+    except (OSError, KeyError) as error:
+        raise ComposeError(f"{stack.compose_file}: cannot prepare directory {path}: {error}") from error
+
+
+def _owner_ids(owner: str) -> tuple[int, int]:
+    user, _, group = owner.partition(":")
+    uid = int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
+    if not group:
+        return uid, -1
+    gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    return uid, gid
+
+
+def _tail(result: Completed, secrets: Mapping[str, str]) -> str:
+    text = (result.stdout + result.stderr).strip()
+    return redact(text[-OUTPUT_TAIL:], secrets.values())
+
+
+def _last_line(result: Completed, secrets: Mapping[str, str]) -> str:
+    lines = [line.strip() for line in (result.stderr or result.stdout).splitlines() if line.strip()]
+    return redact(lines[-1] if lines else f"exit code {result.returncode}", secrets.values())

@@ -1,0 +1,110 @@
+"""Run planned stacks in dependency order, each as soon as its own dependencies have succeeded.
+
+This knows nothing of compose or git: it schedules a `work` function over a graph, at most
+`max_parallel` at a time, turns exceptions into FAILED results, and marks the dependents of a
+failure SKIPPED (not failed) while unrelated stacks carry on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import replace
+from graphlib import TopologicalSorter
+
+from deployer.errors import ComposeError, DeployerError, HealthCheckError, SecretError
+from deployer.model import PlannedStack, Reason, StackName, StackResult, StackState
+
+__all__ = ["Work", "reason_for", "run_stacks"]
+
+#: deploy or remove one stack; raise DeployerError on failure, return compose's output on success
+Work = Callable[[PlannedStack], str]
+
+
+def run_stacks(
+    stacks: Sequence[PlannedStack],
+    work: Work,
+    *,
+    max_parallel: int,
+    on_change: Callable[[StackResult], None] = lambda result: None,
+) -> tuple[StackResult, ...]:
+    """Run `work` over `stacks` honouring their in-plan `depends_on`; never raises.
+
+    `on_change` sees each stack start (RUNNING) and end (SUCCEEDED, FAILED or SKIPPED).
+    """
+    by_name = {s.name: s for s in stacks}
+    sorter: TopologicalSorter[StackName] = TopologicalSorter({s.name: set(s.depends_on) for s in stacks})
+    sorter.prepare()
+    results: dict[StackName, StackResult] = {}
+    queue: list[StackName] = []
+    running: dict[Future[StackResult], StackName] = {}
+
+    def finish(result: StackResult) -> None:
+        results[result.name] = result
+        on_change(result)
+        sorter.done(result.name)
+
+    with ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="stack") as pool:
+        while sorter.is_active():
+            for name in sorted(sorter.get_ready()):
+                blocked = [d for d in by_name[name].depends_on if results[d].state is not StackState.SUCCEEDED]
+                if blocked:
+                    finish(_skipped(by_name[name], blocked))
+                else:
+                    queue.append(name)
+            while queue and len(running) < max_parallel:
+                planned = by_name[queue.pop(0)]
+                started = StackResult(planned.name, planned.action, StackState.RUNNING, started_at=time.time())
+                on_change(started)
+                running[pool.submit(_attempt, work, planned, started)] = planned.name
+            if running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    running.pop(future)
+                    finish(future.result())
+    return tuple(results[s.name] for s in stacks)
+
+
+def reason_for(error: BaseException) -> Reason:
+    """The closed-set reason for an error raised while bringing a stack up."""
+    if isinstance(error, HealthCheckError):
+        return Reason.HEALTH_CHECK_FAILED
+    if isinstance(error, SecretError):
+        return Reason.SECRET_DECRYPT_FAILED
+    if isinstance(error, ComposeError):
+        return Reason.COMPOSE_FAILED
+    return Reason.COMPOSE_FAILED
+
+
+def _attempt(work: Work, planned: PlannedStack, started: StackResult) -> StackResult:
+    try:
+        output = work(planned)
+    except DeployerError as error:
+        return replace(
+            started,
+            state=StackState.FAILED,
+            reason=reason_for(error),
+            error=error.message,
+            output=getattr(error, "output", None) or None,
+            finished_at=time.time(),
+        )
+    except Exception as error:
+        message = f"stack {planned.name}: unexpected error: {type(error).__name__}: {error}"
+        return replace(
+            started, state=StackState.FAILED, reason=Reason.COMPOSE_FAILED, error=message, finished_at=time.time()
+        )
+    return replace(started, state=StackState.SUCCEEDED, output=output or None, finished_at=time.time())
+
+
+def _skipped(planned: PlannedStack, blocked: list[StackName]) -> StackResult:
+    now = time.time()
+    return StackResult(
+        planned.name,
+        planned.action,
+        StackState.SKIPPED,
+        reason=Reason.DEPENDENCY_FAILED,
+        error=f"skipped: dependency {', '.join(blocked)} did not succeed",
+        started_at=now,
+        finished_at=now,
+    )

@@ -1,0 +1,94 @@
+"""Decrypt exactly the SOPS files one stack names, into memory, with the `sops` binary.
+
+Plaintext never touches disk: sops prints JSON to a pipe, and the values become the environment
+of `docker compose` for interpolation. Errors name the file and the cause, never a value.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path, PurePosixPath
+
+from deployer.errors import SecretError
+from deployer.runner import CommandRunner
+
+__all__ = ["decrypt_argv", "decrypt_files", "redact"]
+
+_FORMATS = {".env": "dotenv", ".yaml": "yaml", ".yml": "yaml", ".json": "json"}
+#: sops exit codes worth a sentence of their own (cmd/sops/codes/codes.go)
+_EXIT_CAUSES = {
+    127: "the sops binary is not on PATH",
+    128: "no age identity can decrypt it (check SOPS_AGE_KEY_FILE)",
+    51: "MAC mismatch: the file was changed after it was encrypted",
+    52: "MAC not found: the file is damaged",
+    24: "the MAC could not be decrypted",
+    25: "the values could not be decrypted",
+}
+#: values shorter than this are not redacted from output (they would mangle every line)
+MIN_REDACTED_LENGTH = 4
+
+
+def decrypt_argv(path: PurePosixPath) -> list[str]:
+    """The sops command that prints one file's plaintext as JSON on stdout."""
+    input_type = _FORMATS.get(path.suffix, "binary")
+    return ["sops", "decrypt", "--input-type", input_type, "--output-type", "json", str(path)]
+
+
+def decrypt_files(
+    paths: Iterable[PurePosixPath],
+    *,
+    repo_root: Path,
+    runner: CommandRunner,
+    env: Mapping[str, str],
+) -> dict[str, str]:
+    """Decrypt each file (and nothing else) and merge their keys; later files win on a clash.
+
+    sops runs in the repository root so that `.sops.yaml` is found, with exactly `env` (where
+    SOPS_AGE_KEY_FILE lives). Raises SecretError naming the file and the cause.
+    """
+    values: dict[str, str] = {}
+    for path in paths:
+        result = runner.run(decrypt_argv(path), env=env, cwd=repo_root, timeout=60)
+        if not result.ok:
+            raise SecretError(f"{path}: cannot decrypt: {_cause(result.returncode, result.stderr)}")
+        values |= _flat_values(path, result.stdout)
+    return values
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """Replace every secret value in `text` with `***`, longest first."""
+    for value in sorted({s for s in secrets if len(s) >= MIN_REDACTED_LENGTH}, key=len, reverse=True):
+        text = text.replace(value, "***")
+    return text
+
+
+def _cause(returncode: int, stderr: str) -> str:
+    if returncode in _EXIT_CAUSES:
+        return _EXIT_CAUSES[returncode]
+    if "metadata not found" in stderr:
+        return "it is not SOPS-encrypted (sops metadata not found)"
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    # sops' own messages describe keys and files, not values; keep the last line, and the exit code.
+    return f"sops exited {returncode}: {lines[-1] if lines else 'no message'}"
+
+
+def _flat_values(path: PurePosixPath, stdout: str) -> dict[str, str]:
+    try:
+        document = json.loads(stdout)
+    except ValueError as error:
+        raise SecretError(f"{path}: sops did not print JSON") from error
+    if not isinstance(document, dict):
+        raise SecretError(f"{path}: expected key/value pairs at the top level")
+    values = {}
+    for key, value in document.items():
+        if isinstance(value, dict | list) or value is None:
+            raise SecretError(f"{path}: key {key!r} is not a single value (nested values cannot be variables)")
+        values[str(key)] = _text(value)
+    return values
+
+
+def _text(value: str | int | float | bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

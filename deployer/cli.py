@@ -1,0 +1,147 @@
+"""The `deployer` command: a thin adapter from arguments to pipeline functions and back to text.
+
+Exit codes: 0 success, 1 a deployment ran and failed, 2 bad input (nothing was deployed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from deployer import __version__
+from deployer.console import ConsoleProgress, format_plan, format_summary, table
+from deployer.errors import DeployerError
+from deployer.model import Plan
+from deployer.pipeline import Deps, deploy, plan_between, validate_tree
+from deployer.settings import Settings
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env(os.environ)
+        code: int = args.handler(args, settings)
+    except DeployerError as error:
+        print(f"deployer: error: {error.message}", file=sys.stderr)
+        for line in error.details[1:] if len(error.details) > 1 else ():
+            print(f"deployer: error: {line}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("deployer: interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deployer", description="GitOps for Docker Compose.")
+    parser.add_argument("--version", action="version", version=f"deployer {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    plan = commands.add_parser("plan", help="print the affected stacks, why, and the order")
+    plan.add_argument("--from", dest="base", metavar="SHA", help="base commit (default: every stack is new)")
+    plan.add_argument("--to", dest="target", metavar="SHA", help="target commit (default: the branch head)")
+    _repo_option(plan)
+    plan.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    plan.set_defaults(handler=_plan)
+
+    run = commands.add_parser("deploy", help="deploy now, in dependency order, with live progress")
+    _repo_option(run)
+    run.add_argument("--ref", help="branch, tag or commit to deploy (default: DEPLOYER_BRANCH)")
+    run.add_argument("stacks", nargs="*", metavar="STACK", help="deploy exactly these stacks (default: affected)")
+    run.set_defaults(handler=_deploy)
+
+    check = commands.add_parser("validate", help="check every stack and secret in a working tree")
+    check.add_argument("--repo", default=".", metavar="PATH", help="working tree to check (default: .)")
+    check.set_defaults(handler=_validate)
+
+    status = commands.add_parser("status", help="last deployments and each stack's deployed commit")
+    status.add_argument("--limit", type=int, default=10, help="how many deployments to list")
+    status.add_argument("--json", action="store_true", help="print stacks and deployments as JSON")
+    status.set_defaults(handler=_status)
+    return parser
+
+
+def _repo_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--repo", metavar="PATH", help="repository path or URL (default: DEPLOYER_REPO_URL, else the current folder)"
+    )
+
+
+def _repo_url(args: argparse.Namespace, settings: Settings) -> str:
+    return str(args.repo or settings.repo_url or Path.cwd())
+
+
+def _plan(args: argparse.Namespace, settings: Settings) -> int:
+    deps = Deps.from_settings(settings)
+    plan = plan_between(
+        deps, repo_url=_repo_url(args, settings), base=args.base, target_ref=args.target or settings.branch
+    )
+    print(json.dumps(_plan_json(plan), indent=2) if args.json else format_plan(plan))
+    return 0
+
+
+def _plan_json(plan: Plan) -> dict[str, object]:
+    return {
+        "from": plan.base,
+        "to": plan.target,
+        "stacks": [{"name": s.name, "action": str(s.action), "reasons": list(s.reasons)} for s in plan.stacks],
+        "order": [list(level) for level in plan.order],
+    }
+
+
+def _deploy(args: argparse.Namespace, settings: Settings) -> int:
+    deps = Deps.from_settings(settings)
+    progress = ConsoleProgress()
+    try:
+        outcome = deploy(
+            deps,
+            repo_url=_repo_url(args, settings),
+            ref=args.ref or settings.branch,
+            stacks=args.stacks,
+            trigger="cli",
+            actor=os.environ.get("USER"),
+            progress=progress,
+        )
+    finally:
+        progress.close()
+    print(format_summary(outcome))
+    return outcome.exit_code
+
+
+def _validate(args: argparse.Namespace, settings: Settings) -> int:
+    deps = Deps.from_settings(settings)
+    catalog = validate_tree(deps, Path(args.repo))
+    print(f"ok: {len(catalog)} stacks valid in {Path(args.repo).resolve() / settings.stacks_dir}")
+    return 0
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    deps = Deps.from_settings(settings)
+    stacks = deps.store.stacks()
+    deployments = deps.store.deployments(limit=args.limit)
+    if args.json:
+        print(json.dumps({"stacks": [vars(s) for s in stacks], "deployments": deployments}, indent=2))
+        return 0
+    rows = [[s.name, s.last_good_commit[:12], s.deployed_at, s.last_state or "-"] for s in stacks]
+    print(table(["STACK", "DEPLOYED COMMIT", "DEPLOYED AT", "LAST RESULT"], rows) if rows else "no stack deployed yet")
+    print()
+    rows = [
+        [d["id"], d["state"], (d["commit"] or "-")[:12], d["trigger"], d["created_at"], _stack_counts(d)]
+        for d in deployments
+    ]
+    print(table(["DEPLOYMENT", "STATE", "COMMIT", "TRIGGER", "CREATED", "STACKS"], rows) if rows else "no deployments")
+    return 0
+
+
+def _stack_counts(deployment: dict[str, object]) -> str:
+    stacks = deployment["stacks"]
+    assert isinstance(stacks, list)
+    if not stacks:
+        return str(deployment.get("error") or "none")
+    return ", ".join(f"{s['name']}:{s['state']}" for s in stacks)

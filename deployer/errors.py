@@ -1,0 +1,84 @@
+"""The failures deployer expects and knows how to report.
+
+Every error carries a stable `code` (for the state store, the audit log and commit statuses) and an
+`exit_code` for the command line: 2 when the input was at fault and nothing was deployed, 1 when a
+deployment ran and failed.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class DeployerError(Exception):
+    """A failure we expect and know how to report."""
+
+    code: ClassVar[str] = "deployer_error"
+    exit_code: ClassVar[int] = 2
+
+    def __init__(self, message: str, *, details: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        #: further one-line problems of the same kind (validation reports all it finds)
+        self.details = details
+
+
+class ConfigError(DeployerError):
+    """The deployer's own configuration (environment, flags) is unusable."""
+
+    code = "config_invalid"
+
+
+class CatalogError(DeployerError):
+    """A stack's compose file or x-deployer block is invalid."""
+
+    code = "catalog_invalid"
+
+
+class PlanError(DeployerError):
+    """The stacks cannot be ordered or selected (cycle, unknown stack)."""
+
+    code = "plan_invalid"
+
+
+class FetchError(DeployerError):
+    """The repository could not be fetched or the commit does not exist."""
+
+    code = "fetch_failed"
+
+
+class SecretError(DeployerError):
+    """A SOPS file could not be decrypted (no key, wrong key, tampered file)."""
+
+    code = "secret_decrypt_failed"
+
+
+class ComposeInvalidError(DeployerError):
+    """`docker compose config` rejected a stack."""
+
+    code = "compose_invalid"
+
+
+class ComposeError(DeployerError):
+    """`docker compose up` or `down` failed."""
+
+    code = "compose_failed"
+    exit_code = 1
+
+    def __init__(self, message: str, *, output: str = "") -> None:
+        super().__init__(message)
+        #: the tail of compose's output, secrets already redacted
+        self.output = output
+
+
+class HealthCheckError(ComposeError):
+    """The stack came up but did not become healthy in time."""
+
+    code = "health_check_failed"
+
+
+class BusyError(DeployerError):
+    """Another deployment holds the deploy lock."""
+
+    code = "busy"
+    exit_code = 1

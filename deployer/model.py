@@ -1,0 +1,184 @@
+"""The values that flow between the stages: frozen, and free of behaviour beyond small derivations.
+
+receive -> fetch -> plan -> apply -> report: each stage takes and returns these types, so a stage's
+signature shows everything it needs. This module imports nothing from deployer.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+
+#: A stack's name, which is also its compose project name.
+StackName = str
+
+FIRST_DEPLOY = "first deploy"
+REQUESTED = "requested"
+
+
+@dataclass(frozen=True)
+class Directory:
+    """A host directory that must exist before a stack's `up`."""
+
+    path: str
+    owner: str | None = None  # "uid:gid", "uid", "user:group" or "user"
+    mode: int | None = None
+
+
+@dataclass(frozen=True)
+class Stack:
+    """One compose project as declared in the config repository, at one commit.
+
+    Paths are relative to the repository root, POSIX style, and proven not to escape it.
+    """
+
+    name: StackName
+    folder: PurePosixPath
+    compose_file: PurePosixPath
+    depends_on: tuple[StackName, ...] = ()
+    secrets: tuple[PurePosixPath, ...] = ()
+    networks: tuple[str, ...] = ()
+    directories: tuple[Directory, ...] = ()
+    wait_timeout: int = 300
+    watch: tuple[str, ...] = ()
+    #: keys of each secret file, readable without decrypting (SOPS leaves keys in clear)
+    secret_keys: Mapping[PurePosixPath, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Every stack of the repository at one commit, by name."""
+
+    stacks: Mapping[StackName, Stack]
+    stacks_dir: PurePosixPath = PurePosixPath("stacks")
+
+    def __getitem__(self, name: StackName) -> Stack:
+        return self.stacks[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.stacks
+
+    def __iter__(self) -> Iterator[StackName]:
+        return iter(sorted(self.stacks))
+
+    def __len__(self) -> int:
+        return len(self.stacks)
+
+
+class Action(enum.StrEnum):
+    DEPLOY = "deploy"
+    REMOVE = "remove"
+    ORPHANED = "orphaned"
+
+
+@dataclass(frozen=True)
+class PlannedStack:
+    """One stack the plan touches (or reports as orphaned), with why."""
+
+    name: StackName
+    action: Action
+    reasons: tuple[str, ...]
+    depends_on: tuple[StackName, ...] = ()  # dependencies inside this plan only
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a deployment will do: affected stacks, why, and the order as levels.
+
+    `order` lists levels of stacks that may run together; the executor is finer than that and starts
+    a stack as soon as its own dependencies have succeeded.
+    """
+
+    target: str
+    base: str | None
+    stacks: tuple[PlannedStack, ...]
+    order: tuple[tuple[StackName, ...], ...]
+
+    @property
+    def runnable(self) -> tuple[PlannedStack, ...]:
+        """The stacks to deploy or remove (orphans are only reported)."""
+        return tuple(s for s in self.stacks if s.action is not Action.ORPHANED)
+
+    def get(self, name: StackName) -> PlannedStack:
+        return next(s for s in self.stacks if s.name == name)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.runnable
+
+
+class StackState(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    ROLLED_BACK = "rolled_back"
+
+
+class Reason(enum.StrEnum):
+    """The closed set of reasons a stack did not succeed, shared by logs, statuses and audit."""
+
+    FETCH_FAILED = "FetchFailed"
+    PLAN_INVALID = "PlanInvalid"
+    SECRET_DECRYPT_FAILED = "SecretDecryptFailed"  # noqa: S105 -- a reason name, not a password
+    COMPOSE_INVALID = "ComposeInvalid"
+    COMPOSE_FAILED = "ComposeFailed"
+    HEALTH_CHECK_FAILED = "HealthCheckFailed"
+    DEPENDENCY_FAILED = "DependencyFailed"
+
+
+@dataclass(frozen=True)
+class StackResult:
+    """What happened to one planned stack."""
+
+    name: StackName
+    action: Action
+    state: StackState
+    reason: Reason | None = None
+    error: str | None = None
+    #: the tail of the failing step's output, secrets redacted, kept for the operator
+    output: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+
+class DeploymentState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one deployment: per-stack results, or the error that stopped it before any."""
+
+    deployment_id: str
+    commit: str | None
+    results: tuple[StackResult, ...] = ()
+    error: str | None = None
+    error_code: str | None = None
+    exit_code: int = 0
+
+    @property
+    def state(self) -> DeploymentState:
+        if self.error is not None or any(r.state is not StackState.SUCCEEDED for r in self.results):
+            return DeploymentState.FAILED
+        return DeploymentState.SUCCEEDED
+
+
+def rfc3339(epoch: float | None = None) -> str:
+    """A UTC timestamp in RFC 3339 with milliseconds, e.g. 2026-11-27T01:28:36.123Z."""
+    moment = datetime.now(UTC) if epoch is None else datetime.fromtimestamp(epoch, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

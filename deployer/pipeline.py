@@ -1,0 +1,299 @@
+"""The deploy pipeline: fetch -> plan -> preflight -> apply -> report, for one commit.
+
+This is the one module that imports more than one stage. Each step is a named function; the
+steps share frozen values (Plan, Catalog, results), never a mutable context object.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from deployer.apply import ComposeBackend, StackBackend, decrypt_files, run_stacks
+from deployer.errors import DeployerError
+from deployer.fetch import Mirror
+from deployer.lock import deploy_lock
+from deployer.model import (
+    Action,
+    Catalog,
+    Outcome,
+    Plan,
+    PlannedStack,
+    Reason,
+    StackResult,
+    StackState,
+)
+from deployer.plan import load_catalog, make_plan, stack_names_in
+from deployer.report import Journal
+from deployer.runner import CommandRunner, SubprocessRunner
+from deployer.settings import Settings
+from deployer.state import StateStore
+
+__all__ = ["Deps", "Progress", "SilentProgress", "deploy", "plan_between", "validate_tree"]
+
+#: the value each secret key gets when validating without decrypting
+PLACEHOLDER = "1"
+
+
+class Progress(Protocol):
+    def phase(self, text: str) -> None: ...
+
+    def planned(self, plan: Plan) -> None: ...
+
+    def stack(self, result: StackResult) -> None: ...
+
+
+class SilentProgress:
+    def phase(self, text: str) -> None:
+        pass
+
+    def planned(self, plan: Plan) -> None:
+        pass
+
+    def stack(self, result: StackResult) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Deps:
+    """Everything a deployment talks to, built once from settings (tests build their own)."""
+
+    settings: Settings
+    runner: CommandRunner
+    backend: StackBackend
+    store: StateStore
+    journal: Journal
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Deps:
+        runner = SubprocessRunner()
+        return cls(
+            settings=settings,
+            runner=runner,
+            backend=ComposeBackend(runner=runner, docker_env=settings.docker_env),
+            store=StateStore(settings.state_dir / "state.db"),
+            journal=Journal(settings.state_dir / "audit.jsonl"),
+        )
+
+    def mirror(self, repo_url: str) -> Mirror:
+        return Mirror(self.settings.state_dir / "mirror.git", repo_url)
+
+    @property
+    def scratch(self) -> Path:
+        return self.settings.state_dir / "tmp"
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A plan with its catalog and each deploying stack's decrypted environment (memory only)."""
+
+    plan: Plan
+    catalog: Catalog
+    envs: Mapping[str, Mapping[str, str]]
+
+
+def deploy(
+    deps: Deps,
+    *,
+    repo_url: str,
+    ref: str,
+    stacks: Collection[str] = (),
+    trigger: str = "cli",
+    actor: str | None = None,
+    progress: Progress | None = None,
+) -> Outcome:
+    """Deploy `ref` of `repo_url`: the affected stacks (or exactly `stacks`), in dependency order.
+
+    Never raises DeployerError: bad input (unknown commit, invalid catalog, undecryptable secret,
+    compose file rejected) ends the deployment before any stack changes, with exit code 2; a stack
+    that fails to come up fails the deployment with exit code 1, after unrelated stacks finished.
+    """
+    progress = progress or SilentProgress()
+    deployment_id = deps.store.create_deployment(ref=ref, trigger=trigger, actor=actor)
+    deps.journal.record("deployment.queued", deployment_id=deployment_id, commit=None, trigger=trigger,
+                        actor=actor, ref=ref)  # fmt: skip
+    started = time.monotonic()
+    with ExitStack() as cleanup:
+        try:
+            # 1. One deployment at a time, then the exact commit.
+            cleanup.enter_context(deploy_lock(deps.settings.state_dir))
+            progress.phase(f"fetching {ref}")
+            mirror = deps.mirror(repo_url)
+            mirror.sync()
+            target = mirror.resolve(ref)
+            # 2. Plan against each stack's last good commit, in a clean checkout of the target.
+            tree = cleanup.enter_context(mirror.temporary_checkout(target, deps.scratch))
+            plan, catalog = _plan(deps, mirror, tree, target=target, requested=stacks)
+        except DeployerError as error:
+            return _stopped(deps, deployment_id, None, error, started)
+        deps.store.start_deployment(deployment_id, plan)
+        deps.journal.record("deployment.started", deployment_id=deployment_id, commit=target, trigger=trigger,
+                            actor=actor, stacks=[s.name for s in plan.runnable])  # fmt: skip
+        progress.phase(_describe(plan))
+        progress.planned(plan)
+        # 3. Preflight: every input of every deploying stack is proven good before anything changes.
+        prepared = _preflight(deps, deployment_id, plan, catalog=catalog, tree=tree, progress=progress)
+        if isinstance(prepared, Outcome):
+            return _finish(deps, prepared, started)
+    # 4. Apply: removals, then deploys in dependency order, recording each result as it lands.
+    results = _apply(deps, deployment_id, prepared, mirror, progress)
+    return _finish(deps, Outcome(deployment_id, target, results, exit_code=_exit_code(results)), started)
+
+
+def plan_between(deps: Deps, *, repo_url: str, base: str | None, target_ref: str) -> Plan:
+    """The plan from commit `base` (None: every stack is a first deploy) to `target_ref`.
+
+    Raises FetchError, CatalogError or PlanError.
+    """
+    mirror = deps.mirror(repo_url)
+    mirror.sync()
+    target = mirror.resolve(target_ref)
+    base_sha = mirror.resolve(base) if base else None
+    stacks_dir = deps.settings.stacks_dir
+    with mirror.temporary_checkout(target, deps.scratch) as tree:
+        catalog = load_catalog(tree, stacks_dir=stacks_dir)
+    previous = stack_names_in(mirror.files(base_sha, stacks_dir), stacks_dir=stacks_dir) if base_sha else ()
+    deployed = {name: base_sha for name in previous if base_sha}
+    changes = {base_sha: mirror.changed_paths(base_sha, target)} if base_sha else {}
+    return make_plan(catalog, target=target, deployed=deployed, changes=changes, base=base_sha,
+                     prune=deps.settings.prune)  # fmt: skip
+
+
+def validate_tree(deps: Deps, path: Path) -> Catalog:
+    """Check every stack in the working tree at `path` without decrypting or deploying.
+
+    Secret keys get a placeholder value so that `docker compose config` can interpolate.
+    Raises CatalogError or ComposeInvalidError (listing every rejected stack).
+    """
+    catalog = load_catalog(path, stacks_dir=deps.settings.stacks_dir)
+    problems = []
+    for name in catalog:
+        stack = catalog[name]
+        env = {key: PLACEHOLDER for keys in stack.secret_keys.values() for key in keys}
+        try:
+            deps.backend.check(stack, workdir=path.resolve(), env=env)
+        except DeployerError as error:
+            problems.append(error)
+    if problems:
+        first = problems[0]
+        raise type(first)(first.message, details=tuple(p.message for p in problems))
+    return catalog
+
+
+def _plan(deps: Deps, mirror: Mirror, tree: Path, *, target: str, requested: Collection[str]) -> tuple[Plan, Catalog]:
+    catalog = load_catalog(tree, stacks_dir=deps.settings.stacks_dir)
+    deployed = deps.store.last_good()
+    changes = {base: mirror.changed_paths(base, target) for base in set(deployed.values())}
+    plan = make_plan(catalog, target=target, deployed=deployed, changes=changes, requested=requested,
+                     prune=deps.settings.prune)  # fmt: skip
+    return plan, catalog
+
+
+def _preflight(
+    deps: Deps, deployment_id: str, plan: Plan, *, catalog: Catalog, tree: Path, progress: Progress
+) -> _Prepared | Outcome:
+    """Decrypt each deploying stack's secrets and have compose check its file; stop at any failure."""
+    envs: dict[str, Mapping[str, str]] = {}
+    failures: list[StackResult] = []
+    for planned in plan.runnable:
+        if planned.action is not Action.DEPLOY:
+            continue
+        stack = catalog[planned.name]
+        try:
+            if stack.secrets:
+                progress.phase(f"{stack.name}: decrypting {', '.join(map(str, stack.secrets))}")
+            env = decrypt_files(stack.secrets, repo_root=tree, runner=deps.runner, env=deps.settings.sops_env)
+            deps.backend.check(stack, workdir=tree, env=env)
+        except DeployerError as error:
+            reason = Reason.SECRET_DECRYPT_FAILED if error.code == "secret_decrypt_failed" else Reason.COMPOSE_INVALID
+            now = time.time()
+            failures.append(StackResult(planned.name, planned.action, StackState.FAILED, reason=reason,
+                                        error=error.message, started_at=now, finished_at=now))  # fmt: skip
+            continue
+        if stack.secrets:
+            deps.journal.record("secrets.decrypted", deployment_id=deployment_id, commit=plan.target,
+                                stack=stack.name, files=[str(p) for p in stack.secrets])  # fmt: skip
+        envs[planned.name] = env
+    if not failures:
+        return _Prepared(plan=plan, catalog=catalog, envs=envs)
+    return _refused(deps, deployment_id, plan, failures, progress)
+
+
+def _refused(deps: Deps, deployment_id: str, plan: Plan, failures: list[StackResult], progress: Progress) -> Outcome:
+    """Record a deployment stopped by bad input: the culprits failed, every other stack skipped."""
+    failed = {f.name: f for f in failures}
+    why = f"not started: invalid input in {', '.join(sorted(failed))}"
+    results = []
+    for planned in plan.runnable:
+        result = failed.get(planned.name) or StackResult(planned.name, planned.action, StackState.SKIPPED,
+                                                         reason=Reason.PLAN_INVALID, error=why)  # fmt: skip
+        _record(deps, deployment_id, plan.target, result)
+        progress.stack(result)
+        results.append(result)
+    first = failures[0]
+    return Outcome(deployment_id, plan.target, tuple(results), error=first.error,
+                   error_code=str(first.reason), exit_code=2)  # fmt: skip
+
+
+def _apply(
+    deps: Deps, deployment_id: str, prepared: _Prepared, mirror: Mirror, progress: Progress
+) -> tuple[StackResult, ...]:
+    plan, catalog, envs = prepared.plan, prepared.catalog, prepared.envs
+    worktrees = deps.settings.state_dir / "stacks"
+
+    def bring_up(planned: PlannedStack) -> str:
+        workdir = mirror.checkout(plan.target, worktrees / planned.name)
+        return deps.backend.up(catalog[planned.name], workdir=workdir, env=envs[planned.name])
+
+    def take_down(planned: PlannedStack) -> str:
+        return deps.backend.down(planned.name)
+
+    def on_change(result: StackResult) -> None:
+        progress.stack(result)
+        _record(deps, deployment_id, plan.target, result)
+
+    removals = [s for s in plan.runnable if s.action is Action.REMOVE]
+    deploys = [s for s in plan.runnable if s.action is Action.DEPLOY]
+    limit = deps.settings.max_parallel
+    removed = run_stacks(removals, take_down, max_parallel=limit, on_change=on_change)
+    return removed + run_stacks(deploys, bring_up, max_parallel=limit, on_change=on_change)
+
+
+def _record(deps: Deps, deployment_id: str, commit: str, result: StackResult) -> None:
+    if result.state is StackState.RUNNING:
+        deps.journal.record("stack.started", deployment_id=deployment_id, commit=commit, stack=result.name,
+                            action=result.action)  # fmt: skip
+        return
+    deps.store.record_stack(deployment_id, result, commit=commit)
+    duration = None if result.duration is None else round(result.duration * 1000)
+    deps.journal.record(f"stack.{result.state}", deployment_id=deployment_id, commit=commit, stack=result.name,
+                        action=result.action, result=str(result.state), duration_ms=duration,
+                        reason=result.reason, error=result.error)  # fmt: skip
+
+
+def _stopped(deps: Deps, deployment_id: str, commit: str | None, error: DeployerError, started: float) -> Outcome:
+    outcome = Outcome(deployment_id, commit, error=error.message, error_code=error.code, exit_code=error.exit_code)
+    return _finish(deps, outcome, started)
+
+
+def _finish(deps: Deps, outcome: Outcome, started: float) -> Outcome:
+    deps.store.finish_deployment(outcome.deployment_id, outcome.state, error=outcome.error,
+                                 error_code=outcome.error_code)  # fmt: skip
+    deps.journal.record("deployment.finished", deployment_id=outcome.deployment_id, commit=outcome.commit,
+                        result=str(outcome.state), duration_ms=round((time.monotonic() - started) * 1000),
+                        error=outcome.error)  # fmt: skip
+    return outcome
+
+
+def _exit_code(results: tuple[StackResult, ...]) -> int:
+    return 0 if all(r.state is StackState.SUCCEEDED for r in results) else 1
+
+
+def _describe(plan: Plan) -> str:
+    if plan.is_empty:
+        return f"nothing to deploy at {plan.target[:12]}: no stack changed since its last good deployment"
+    return f"deploying {plan.target[:12]}: " + " -> ".join(", ".join(level) for level in plan.order)

@@ -1,0 +1,45 @@
+"""The audit trail: one JSON line per event, written durably to a local journal first.
+
+Shipping the journal to Loki reads from this file, so an event written here survives Loki or the
+deployer being down. Callers pass names, commits and errors, never secret values.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from deployer.model import rfc3339
+
+__all__ = ["Journal"]
+
+log = logging.getLogger(__name__)
+
+
+class Journal:
+    """Appends audit events to a JSON-lines file, fsynced, one write per event."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+
+    def record(self, event: str, *, deployment_id: str, commit: str | None, **fields: Any) -> None:
+        """Append one event; a journal that cannot be written is logged, never raised."""
+        line = {"event": event, "deployment_id": deployment_id, "commit": commit, "time": rfc3339()}
+        line.update({key: value for key, value in fields.items() if value is not None})
+        data = (json.dumps(line, separators=(",", ":"), default=str) + "\n").encode()
+        try:
+            with self._lock:
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+                try:
+                    os.write(fd, data)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        except OSError as error:
+            log.error("audit journal %s not written: %s", self.path, error)

@@ -1,0 +1,82 @@
+"""The one place that spawns processes (sops, docker, docker compose).
+
+Everything else builds argv in pure functions and hands it to a `CommandRunner`, so tests can check
+argv without patching anything, and a remote engine can later be reached by another runner.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+__all__ = ["CommandRunner", "Completed", "SubprocessRunner"]
+
+
+@dataclass(frozen=True)
+class Completed:
+    """A finished command. `stdout` and `stderr` are text; callers redact before showing them."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+class CommandRunner(Protocol):
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        cwd: Path | None = None,
+        timeout: float | None = None,
+    ) -> Completed:
+        """Run argv with exactly `env` as its environment; never raise for a non-zero exit."""
+        ...
+
+
+class SubprocessRunner:
+    """Runs commands as local child processes with an explicit environment."""
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        cwd: Path | None = None,
+        timeout: float | None = None,
+    ) -> Completed:
+        started = time.monotonic()
+        try:
+            proc = subprocess.run(
+                list(argv),
+                env=dict(env),
+                cwd=cwd,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
+        except FileNotFoundError:
+            return Completed(tuple(argv), 127, "", f"{argv[0]}: command not found", 0.0)
+        except subprocess.TimeoutExpired as expired:
+            out = _text(expired.stdout)
+            err = _text(expired.stderr) + f"\n{argv[0]}: timed out after {timeout:.0f}s"
+            return Completed(tuple(argv), 124, out, err, time.monotonic() - started)
+        return Completed(tuple(argv), proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
+
+
+def _text(data: str | bytes | None) -> str:
+    if data is None:
+        return ""
+    return data.decode(errors="replace") if isinstance(data, bytes) else data

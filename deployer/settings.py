@@ -1,0 +1,166 @@
+"""Settings, read once from the environment: the only module that looks at os.environ's contents.
+
+Every secret also accepts a `NAME_FILE` twin holding the path of a file with the value (Docker and
+Compose secrets); the file wins over the plain variable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from deployer.errors import ConfigError
+
+__all__ = ["Settings"]
+
+#: variables that tools need to find their binaries, config and engine; nothing else is inherited
+_DOCKER_PASSTHROUGH = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "TMPDIR",
+    "XDG_CONFIG_HOME",
+    "DOCKER_HOST",
+    "DOCKER_CONTEXT",
+    "DOCKER_CONFIG",
+    "DOCKER_CERT_PATH",
+    "DOCKER_TLS_VERIFY",
+)
+_SOPS_PASSTHROUGH = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "TMPDIR",
+    "XDG_CONFIG_HOME",
+    "SOPS_AGE_KEY_FILE",
+    "SOPS_AGE_KEY",
+    "SOPS_AGE_KEY_CMD",
+    "SOPS_AGE_SSH_PRIVATE_KEY_FILE",
+)
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class Settings:
+    repo_url: str | None = None
+    bind: str = "127.0.0.1:8000"
+    branch: str = "main"
+    state_dir: Path = Path(".deployer")
+    stacks_dir: PurePosixPath = PurePosixPath("stacks")
+    webhook_secret: str | None = field(default=None, repr=False)
+    forge: str | None = None
+    forge_api_url: str | None = None
+    forge_token: str | None = field(default=None, repr=False)
+    forge_repo: str | None = None
+    public_url: str | None = None
+    loki_url: str | None = None
+    loki_tenant: str | None = None
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    poll_interval: int = 300
+    prune: bool = False
+    max_parallel: int = 4
+    max_body: int = 1024 * 1024
+    #: environment handed to `docker` and `docker compose` (secrets are added per stack)
+    docker_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: environment handed to `sops` (age identities live here)
+    sops_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Build settings from DEPLOYER_* variables.
+
+        Raises ConfigError naming the variable when a value cannot be used.
+        """
+        return cls(
+            repo_url=_get(environ, "DEPLOYER_REPO_URL"),
+            bind=_get(environ, "DEPLOYER_BIND") or "127.0.0.1:8000",
+            branch=_get(environ, "DEPLOYER_BRANCH") or "main",
+            state_dir=Path(_get(environ, "DEPLOYER_STATE_DIR") or ".deployer"),
+            stacks_dir=PurePosixPath(_get(environ, "DEPLOYER_STACKS_DIR") or "stacks"),
+            webhook_secret=_secret(environ, "DEPLOYER_WEBHOOK_SECRET"),
+            forge=_choice(environ, "DEPLOYER_FORGE", {"github", "gitea", "forgejo", "gitlab"}),
+            forge_api_url=_get(environ, "DEPLOYER_FORGE_API_URL"),
+            forge_token=_secret(environ, "DEPLOYER_FORGE_TOKEN"),
+            forge_repo=_get(environ, "DEPLOYER_FORGE_REPO"),
+            public_url=_get(environ, "DEPLOYER_PUBLIC_URL"),
+            loki_url=_get(environ, "DEPLOYER_LOKI_URL"),
+            loki_tenant=_get(environ, "DEPLOYER_LOKI_TENANT"),
+            trusted_proxies=_networks(environ, "DEPLOYER_TRUSTED_PROXIES"),
+            poll_interval=_int(environ, "DEPLOYER_POLL_INTERVAL", 300, minimum=0),
+            prune=_bool(environ, "DEPLOYER_PRUNE", default=False),
+            max_parallel=_int(environ, "DEPLOYER_MAX_PARALLEL", 4, minimum=1),
+            max_body=_int(environ, "DEPLOYER_MAX_BODY", 1024 * 1024, minimum=1),
+            docker_env=_pick(environ, _DOCKER_PASSTHROUGH),
+            sops_env=_sops_env(environ),
+        )
+
+
+def _get(environ: Mapping[str, str], name: str) -> str | None:
+    value = environ.get(name, "").strip()
+    return value or None
+
+
+def _secret(environ: Mapping[str, str], name: str) -> str | None:
+    path = _get(environ, f"{name}_FILE")
+    if path is None:
+        return _get(environ, name)
+    try:
+        return Path(path).read_text(encoding="utf-8").strip() or None
+    except OSError as error:
+        raise ConfigError(f"{name}_FILE: cannot read {path}: {error.strerror}") from error
+
+
+def _int(environ: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+    raw = _get(environ, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name}: must be at least {minimum}, got {value}")
+    return value
+
+
+def _bool(environ: Mapping[str, str], name: str, *, default: bool) -> bool:
+    raw = environ.get(name)
+    if raw is None:
+        return default
+    if raw.strip().lower() in _TRUE:
+        return True
+    if raw.strip().lower() in _FALSE:
+        return False
+    raise ConfigError(f"{name}: expected true or false, got {raw!r}")
+
+
+def _choice(environ: Mapping[str, str], name: str, choices: set[str]) -> str | None:
+    raw = _get(environ, name)
+    if raw is not None and raw.lower() not in choices:
+        raise ConfigError(f"{name}: expected one of {', '.join(sorted(choices))}, got {raw!r}")
+    return raw.lower() if raw else None
+
+
+def _networks(environ: Mapping[str, str], name: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    raw = _get(environ, name)
+    if raw is None:
+        return ()
+    try:
+        return tuple(ipaddress.ip_network(part.strip()) for part in raw.split(",") if part.strip())
+    except ValueError as error:
+        raise ConfigError(f"{name}: {error}") from None
+
+
+def _pick(environ: Mapping[str, str], names: tuple[str, ...]) -> dict[str, str]:
+    return {name: environ[name] for name in names if name in environ}
+
+
+def _sops_env(environ: Mapping[str, str]) -> dict[str, str]:
+    env = _pick(environ, _SOPS_PASSTHROUGH)
+    # sops asks GitHub for its latest version on some commands; a deployer never should.
+    env["SOPS_DISABLE_VERSION_CHECK"] = "1"
+    return env

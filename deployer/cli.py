@@ -28,8 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env(os.environ)
         code: int = args.handler(args, settings)
     except DeployerError as error:
-        print(f"deployer: error: {error.message}", file=sys.stderr)
-        for line in error.details[1:] if len(error.details) > 1 else ():
+        for line in error.details or (error.message,):
             print(f"deployer: error: {line}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
@@ -111,6 +110,8 @@ def _deploy(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         progress.close()
     print(format_summary(outcome))
+    if outcome.error:
+        print(f"deployer: error: {outcome.error}", file=sys.stderr)
     return outcome.exit_code
 
 

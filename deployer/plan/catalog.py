@@ -102,7 +102,6 @@ def _load_stack(root: Path, folder: Path, problems: _Problems) -> Stack | None:
     rel_folder = PurePosixPath(folder.relative_to(root).as_posix())
     compose = next(folder / n for n in COMPOSE_FILE_NAMES if (folder / n).is_file())
     rel_compose = rel_folder / compose.name
-    before = len(problems.lines)
     _check_symlinks(root, folder, problems)
     try:
         document = yaml.safe_load(compose.read_text(encoding="utf-8"))
@@ -132,7 +131,7 @@ def _load_stack(root: Path, folder: Path, problems: _Problems) -> Stack | None:
         watch=tuple(str(p) for p in fields.repo_paths("watch", must_exist=False)),
         secret_keys={path: _secret_keys(root, rel_compose, path, problems) for path in secrets},
     )
-    return stack if len(problems.lines) == before else None
+    return stack
 
 
 class _Fields:

@@ -83,7 +83,8 @@ def remove_docker_objects(prefix: str) -> None:
     containers = [
         cid
         for cid, project in (
-            line.split("|", 1) for line in run("ps", "-a", "--format", "{{.ID}}|{{.Label \"com.docker.compose.project\"}}")
+            line.split("|", 1)
+            for line in run("ps", "-a", "--format", '{{.ID}}|{{.Label "com.docker.compose.project"}}')
         )
         if project.startswith(prefix)
     ]

@@ -220,7 +220,7 @@ class _Fields:
         )
 
     def wait_timeout(self) -> int:
-        value = self.block.get("wait_timeout", 300)
+        value: object = self.block.get("wait_timeout", 300)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             self.problems.add(self.where, "x-deployer.wait_timeout", f"{value!r} is not a number of seconds >= 0")
             return 300

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,9 @@ def containers(prefix: str) -> dict[str, dict[str, str]]:
     if not out:
         return {}
     found = {}
-    for item in json.loads(subprocess.run(["docker", "inspect", *out], capture_output=True, text=True).stdout):
+    for item in json.loads(
+        subprocess.run(["docker", "inspect", *out], capture_output=True, text=True, check=True).stdout
+    ):
         labels = item["Config"]["Labels"]
         if not labels.get("com.docker.compose.project", "").startswith(prefix):
             continue
@@ -72,7 +75,7 @@ def test_first_deploy_orders_stacks_and_prepares_networks_and_directories(
     assert len(running) == 4
     stat = data.stat()
     assert (stat.st_uid, stat.st_gid, stat.st_mode & 0o777) == (1000, 1000, 0o750)
-    assert subprocess.run(["docker", "network", "inspect", net], capture_output=True).returncode == 0
+    assert subprocess.run(["docker", "network", "inspect", net], capture_output=True, check=False).returncode == 0
     assert deps.store.last_good() == {f"{prefix}-{n}": outcome.commit for n in "abcd"}
 
 
@@ -164,7 +167,9 @@ def test_failure_skips_dependents_lets_unrelated_finish_and_keeps_last_good(
     results = {r.name: r for r in outcome.results}
     assert results[b].state is StackState.FAILED
     assert results[b].reason is Reason.HEALTH_CHECK_FAILED
-    assert results[b].error is not None and results[b].error.startswith(f"stacks/{b}/compose.yaml: did not become healthy")
+    assert results[b].error is not None and results[b].error.startswith(
+        f"stacks/{b}/compose.yaml: did not become healthy"
+    )
     assert results[b].output and "unhealthy" in results[b].output
     assert results[c].state is StackState.SKIPPED and results[c].reason is Reason.DEPENDENCY_FAILED
     assert results[d].state is StackState.SUCCEEDED
@@ -187,9 +192,7 @@ def test_compose_up_failure_is_reported_with_its_output(deps: Deps, repo: Config
 
 
 @pytest.mark.parametrize("bad", ["compose", "wrong-key", "catalog", "commit"])
-def test_bad_input_deploys_nothing(
-    deps: Deps, repo: ConfigRepo, prefix: str, other_age_key: AgeKey, bad: str
-) -> None:
+def test_bad_input_deploys_nothing(deps: Deps, repo: ConfigRepo, prefix: str, other_age_key: AgeKey, bad: str) -> None:
     good, other = f"{prefix}-good", f"{prefix}-other"
     repo.stack(good)
     repo.stack(other)
@@ -212,9 +215,7 @@ def test_bad_input_deploys_nothing(
     assert deps.store.last_good() == {}
 
 
-def test_removed_stack_is_orphaned_unless_pruning(
-    deps: Deps, repo: ConfigRepo, prefix: str, tmp_path: Path
-) -> None:
+def test_removed_stack_is_orphaned_unless_pruning(deps: Deps, repo: ConfigRepo, prefix: str, tmp_path: Path) -> None:
     a, b = f"{prefix}-a", f"{prefix}-b"
     repo.stack(a)
     repo.stack(b)
@@ -226,8 +227,6 @@ def test_removed_stack_is_orphaned_unless_pruning(
     outcome = run(deps, repo)
     assert outcome.results == ()
     assert f"{b}/main" in containers(prefix)
-
-    from dataclasses import replace
 
     pruning = Deps(replace(deps.settings, prune=True), deps.runner, deps.backend, deps.store, deps.journal)
     outcome = run(pruning, repo)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -105,8 +105,6 @@ def test_temporary_checkout_is_removed(mirror: Mirror, source: ConfigRepo, tmp_p
 
 
 def test_files_lists_a_commits_tree(mirror: Mirror, source: ConfigRepo) -> None:
-    from pathlib import PurePosixPath
-
     assert mirror.files(source.head(), PurePosixPath("stacks")) == [PurePosixPath("stacks/web/compose.yaml")]
 
 

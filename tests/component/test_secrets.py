@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -55,12 +56,14 @@ def test_wrong_key_names_the_file_and_the_cause_without_values(
     repo.secret("secrets/db.env", {"DB_PASSWORD": PASSWORD})
     with pytest.raises(SecretError) as caught:
         decrypt(repo, tmp_path, other_age_key, "secrets/db.env")
-    assert str(caught.value) == "secrets/db.env: cannot decrypt: no age identity can decrypt it (check SOPS_AGE_KEY_FILE)"
+    assert (
+        str(caught.value) == "secrets/db.env: cannot decrypt: no age identity can decrypt it (check SOPS_AGE_KEY_FILE)"
+    )
 
 
 def test_no_key_at_all(repo: ConfigRepo, tmp_path: Path, age_key: AgeKey) -> None:
     repo.secret("secrets/db.env", {"DB_PASSWORD": PASSWORD})
-    with pytest.raises(SecretError, match="no age identity can decrypt it"):
+    with pytest.raises(SecretError, match=r"no age identity can decrypt it"):
         decrypt(repo, tmp_path, None, "secrets/db.env")
 
 
@@ -68,7 +71,7 @@ def test_tampered_file_is_a_mac_mismatch(repo: ConfigRepo, tmp_path: Path, age_k
     path = repo.secret("secrets/db.env", {"DB_PASSWORD": PASSWORD, "DB_USER": "app"})
     lines = [line for line in path.read_text().splitlines() if not line.startswith("DB_USER=")]
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(SecretError, match="secrets/db.env: cannot decrypt: MAC mismatch"):
+    with pytest.raises(SecretError, match=r"secrets/db\.env: cannot decrypt: MAC mismatch"):
         decrypt(repo, tmp_path, age_key, "secrets/db.env")
 
 
@@ -82,8 +85,6 @@ def test_plaintext_file_is_refused(repo: ConfigRepo, tmp_path: Path, age_key: Ag
 
 def test_nested_values_are_refused_by_key_name(repo: ConfigRepo, tmp_path: Path, age_key: AgeKey) -> None:
     repo.write("plain.yaml", f"db:\n  password: {PASSWORD}\n")
-    import subprocess
-
     encrypted = subprocess.run(
         ["sops", "encrypt", "--age", age_key.recipient, "--filename-override", "secrets/n.yaml", "plain.yaml"],
         cwd=repo.path, capture_output=True, text=True, check=True, env={**sops_env(tmp_path, age_key)},

@@ -58,12 +58,14 @@ def load_catalog(root: Path, *, stacks_dir: PurePosixPath = PurePosixPath("stack
     if not _safe_repo_path(stacks_dir):
         problems.add("DEPLOYER_STACKS_DIR", None, f"{stacks_dir} escapes the repository")
         problems.raise_if_any()
+    folders = list(_stack_folders(root, stacks_dir, problems))
+    known = frozenset(folder.name for folder in folders)
     stacks: dict[str, Stack] = {}
-    for folder in _stack_folders(root, stacks_dir, problems):
-        stack = _load_stack(root, folder, problems)
+    for folder in folders:
+        stack = _load_stack(root, folder, known, problems)
         if stack is not None:
             stacks[stack.name] = stack
-    _check_dependencies(stacks, problems)
+    _check_cycles(stacks, problems)
     problems.raise_if_any()
     return Catalog(stacks=stacks, stacks_dir=stacks_dir)
 
@@ -89,6 +91,9 @@ def _stack_folders(root: Path, stacks_dir: PurePosixPath, problems: _Problems) -
     for entry in sorted(base.iterdir()):
         if entry.name.startswith(".") or not entry.is_dir():
             continue
+        if entry.is_symlink() and not _inside(root, entry.resolve()):
+            problems.add(stacks_dir / entry.name, None, "symlink points out of the repository")
+            continue
         if not STACK_NAME.match(entry.name):
             problems.add(stacks_dir / entry.name, None, "invalid stack name (expected ^[a-z0-9][a-z0-9_-]{0,62}$)")
             continue
@@ -98,7 +103,7 @@ def _stack_folders(root: Path, stacks_dir: PurePosixPath, problems: _Problems) -
         yield entry
 
 
-def _load_stack(root: Path, folder: Path, problems: _Problems) -> Stack | None:
+def _load_stack(root: Path, folder: Path, known: frozenset[str], problems: _Problems) -> Stack | None:
     rel_folder = PurePosixPath(folder.relative_to(root).as_posix())
     compose = next(folder / n for n in COMPOSE_FILE_NAMES if (folder / n).is_file())
     rel_compose = rel_folder / compose.name
@@ -123,13 +128,18 @@ def _load_stack(root: Path, folder: Path, problems: _Problems) -> Stack | None:
         name=folder.name,
         folder=rel_folder,
         compose_file=rel_compose,
-        depends_on=fields.names("depends_on", STACK_NAME, "a stack name"),
+        depends_on=fields.dependencies(folder.name, known),
         secrets=secrets,
         networks=fields.names("networks", NETWORK_NAME, "a network name"),
         directories=fields.directories(),
         wait_timeout=fields.wait_timeout(),
         watch=tuple(str(p) for p in fields.repo_paths("watch", must_exist=False)),
-        secret_keys={path: _secret_keys(root, rel_compose, path, problems) for path in secrets},
+        secret_keys={
+            path: _secret_keys(
+                root, path, where=f"{rel_compose}: {fields.where_is('secrets', path)}", problems=problems
+            )
+            for path in secrets
+        },
     )
     return stack
 
@@ -148,6 +158,25 @@ class _Fields:
             self.problems.add(self.where, f"x-deployer.{key}", "must be a list")
             return []
         return value
+
+    def where_is(self, key: str, path: PurePosixPath) -> str:
+        """The field of one list item, e.g. x-deployer.secrets[1], for messages about it."""
+        return f"x-deployer.{key}[{[str(item) for item in self._list(key)].index(str(path))}]"
+
+    def dependencies(self, name: str, known: frozenset[str]) -> tuple[str, ...]:
+        """depends_on, each entry checked against the stacks of the catalog by its index in the file."""
+        result = []
+        for index, item in enumerate(self._list("depends_on")):
+            field = f"x-deployer.depends_on[{index}]"
+            if not isinstance(item, str) or not STACK_NAME.match(item):
+                self.problems.add(self.where, field, f"{item!r} is not a stack name")
+            elif item == name:
+                self.problems.add(self.where, field, "a stack cannot depend on itself")
+            elif item not in known:
+                self.problems.add(self.where, field, f"unknown stack {item!r}")
+            else:
+                result.append(item)
+        return tuple(dict.fromkeys(result))
 
     def names(self, key: str, pattern: re.Pattern[str], what: str) -> tuple[str, ...]:
         names = []
@@ -176,8 +205,8 @@ class _Fields:
 
     def _check_file(self, path: PurePosixPath, field: str) -> bool:
         full = self.root / path
-        if full.is_symlink() and not _inside(self.root, full.resolve()):
-            self.problems.add(self.where, field, f"{path} is a symlink pointing out of the repository")
+        if not _inside(self.root, full.resolve()):
+            self.problems.add(self.where, field, f"{path} resolves, through a symlink, out of the repository")
             return False
         if not full.is_file():
             self.problems.add(self.where, field, f"{path} does not exist")
@@ -234,15 +263,8 @@ def _mode(value: object) -> int | None:
     return None
 
 
-def _check_dependencies(stacks: Mapping[str, Stack], problems: _Problems) -> None:
-    for stack in stacks.values():
-        for index, dependency in enumerate(stack.depends_on):
-            field = f"x-deployer.depends_on[{index}]"
-            if dependency == stack.name:
-                problems.add(stack.compose_file, field, "a stack cannot depend on itself")
-            elif dependency not in stacks:
-                problems.add(stack.compose_file, field, f"unknown stack {dependency!r}")
-    graph = {s.name: {d for d in s.depends_on if d in stacks and d != s.name} for s in stacks.values()}
+def _check_cycles(stacks: Mapping[str, Stack], problems: _Problems) -> None:
+    graph = {s.name: set(s.depends_on) for s in stacks.values()}
     try:
         TopologicalSorter(graph).prepare()
     except CycleError as error:
@@ -262,7 +284,7 @@ def _check_symlinks(root: Path, folder: Path, problems: _Problems) -> None:
                 )
 
 
-def _secret_keys(root: Path, where: PurePosixPath, path: PurePosixPath, problems: _Problems) -> tuple[str, ...]:
+def _secret_keys(root: Path, path: PurePosixPath, *, where: str, problems: _Problems) -> tuple[str, ...]:
     """The keys of a SOPS file, read without decrypting; reports a file that is not encrypted."""
     text = (root / path).read_text(encoding="utf-8", errors="replace")
     keys: list[str] = []
@@ -281,7 +303,7 @@ def _secret_keys(root: Path, where: PurePosixPath, path: PurePosixPath, problems
             encrypted = isinstance(meta, dict) and bool(meta.get("mac")) and bool(meta.get("version"))
             keys = [str(k) for k in document if k != "sops"]
     if not encrypted:
-        problems.add(where, "x-deployer.secrets", f"{path} is not SOPS-encrypted (no sops metadata)")
+        problems.add(where, None, f"{path} is not SOPS-encrypted (no sops metadata)")
     return tuple(keys)
 
 

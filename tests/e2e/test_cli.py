@@ -65,8 +65,8 @@ def test_validate_names_file_and_field_one_line_each(repo: ConfigRepo, tmp_path:
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
-        "deployer: error: stacks/web/compose.yaml: x-deployer.wait_timeout: -1 is not a number of seconds >= 0",
         "deployer: error: stacks/web/compose.yaml: x-deployer.depends_on[0]: unknown stack 'nope'",
+        "deployer: error: stacks/web/compose.yaml: x-deployer.wait_timeout: -1 is not a number of seconds >= 0",
     ]
 
 

@@ -16,7 +16,7 @@ from deployer import __version__
 from deployer.console import ConsoleProgress, format_plan, format_summary, table
 from deployer.errors import DeployerError
 from deployer.model import Plan
-from deployer.pipeline import Deps, deploy, plan_between, validate_tree
+from deployer.pipeline import Deps, Request, deploy, plan_between, validate_tree
 from deployer.settings import Settings
 
 __all__ = ["main"]
@@ -98,15 +98,14 @@ def _deploy(args: argparse.Namespace, settings: Settings) -> int:
     deps = Deps.from_settings(settings)
     progress = ConsoleProgress()
     try:
-        outcome = deploy(
-            deps,
+        request = Request(
             repo_url=_repo_url(args, settings),
             ref=args.ref or settings.branch,
-            stacks=args.stacks,
+            stacks=tuple(args.stacks),
             trigger="cli",
             actor=os.environ.get("USER"),
-            progress=progress,
         )
+        outcome = deploy(deps, request, progress=progress)
     finally:
         progress.close()
     print(format_summary(outcome))

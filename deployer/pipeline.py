@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Mapping
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -33,7 +32,7 @@ from deployer.runner import CommandRunner, SubprocessRunner
 from deployer.settings import Settings
 from deployer.state import StateStore
 
-__all__ = ["Deps", "Progress", "SilentProgress", "deploy", "plan_between", "validate_tree"]
+__all__ = ["Deps", "Progress", "Request", "SilentProgress", "deploy", "plan_between", "validate_tree"]
 
 #: the value each secret key gets when validating without decrypting
 PLACEHOLDER = "1"
@@ -96,52 +95,75 @@ class _Prepared:
     envs: Mapping[str, Mapping[str, str]]
 
 
+@dataclass(frozen=True)
+class Request:
+    """What to deploy, and who asked."""
+
+    repo_url: str
+    ref: str
+    stacks: tuple[str, ...] = ()
+    trigger: str = "cli"
+    actor: str | None = None
+
+
 def deploy(
     deps: Deps,
+    request: Request,
     *,
-    repo_url: str,
-    ref: str,
-    stacks: Collection[str] = (),
-    trigger: str = "cli",
-    actor: str | None = None,
+    deployment_id: str | None = None,
     progress: Progress | None = None,
 ) -> Outcome:
-    """Deploy `ref` of `repo_url`: the affected stacks (or exactly `stacks`), in dependency order.
+    """Deploy `request.ref`: the affected stacks (or exactly `request.stacks`), in dependency order.
 
-    Never raises DeployerError: bad input (unknown commit, invalid catalog, undecryptable secret,
-    compose file rejected) ends the deployment before any stack changes, with exit code 2; a stack
-    that fails to come up fails the deployment with exit code 1, after unrelated stacks finished.
+    Pass the id of an already queued deployment to run that one. Never raises DeployerError: bad
+    input (unknown commit, invalid catalog, undecryptable secret, compose file rejected) ends the
+    deployment before any stack changes, with exit code 2; a stack that fails to come up fails the
+    deployment with exit code 1, after unrelated stacks finished. An interruption (Ctrl-C, SIGTERM
+    turned into an exception) is recorded as a failed deployment and re-raised.
     """
     progress = progress or SilentProgress()
-    deployment_id = deps.store.create_deployment(ref=ref, trigger=trigger, actor=actor)
-    deps.journal.record("deployment.queued", deployment_id=deployment_id, commit=None, trigger=trigger,
-                        actor=actor, ref=ref)  # fmt: skip
+    if deployment_id is None:
+        deployment_id = deps.store.create_deployment(ref=request.ref, trigger=request.trigger, actor=request.actor)
+        deps.journal.record("deployment.queued", deployment_id=deployment_id, commit=None, ref=request.ref,
+                            trigger=request.trigger, actor=request.actor)  # fmt: skip
     started = time.monotonic()
-    with ExitStack() as cleanup:
+    try:
+        # 1. One deployment at a time per state directory.
+        with deploy_lock(deps.settings.state_dir):
+            outcome = _deploy_locked(deps, deployment_id, request, progress)
+    except DeployerError as error:
+        outcome = Outcome(deployment_id, None, error=error.message, error_code=error.code, exit_code=error.exit_code)
+    except BaseException:
+        _finish(deps, Outcome(deployment_id, None, error="interrupted", error_code="interrupted"), started)
+        raise
+    return _finish(deps, outcome, started)
+
+
+def _deploy_locked(deps: Deps, deployment_id: str, request: Request, progress: Progress) -> Outcome:
+    # 2. The exact commit, from a fresh fetch of the mirror.
+    progress.phase(f"fetching {request.ref}")
+    mirror = deps.mirror(request.repo_url)
+    mirror.sync()
+    target = mirror.resolve(request.ref)
+    with mirror.temporary_checkout(target, deps.scratch) as tree:
+        # 3. Plan against each stack's last good commit, in a clean checkout of the target.
         try:
-            # 1. One deployment at a time, then the exact commit.
-            cleanup.enter_context(deploy_lock(deps.settings.state_dir))
-            progress.phase(f"fetching {ref}")
-            mirror = deps.mirror(repo_url)
-            mirror.sync()
-            target = mirror.resolve(ref)
-            # 2. Plan against each stack's last good commit, in a clean checkout of the target.
-            tree = cleanup.enter_context(mirror.temporary_checkout(target, deps.scratch))
-            plan, catalog = _plan(deps, mirror, tree, target=target, requested=stacks)
+            plan, catalog = _plan(deps, mirror, tree, target=target, requested=request.stacks)
         except DeployerError as error:
-            return _stopped(deps, deployment_id, None, error, started)
+            return Outcome(deployment_id, target, error=error.message, error_code=error.code, exit_code=2)
         deps.store.start_deployment(deployment_id, plan)
-        deps.journal.record("deployment.started", deployment_id=deployment_id, commit=target, trigger=trigger,
-                            actor=actor, stacks=[s.name for s in plan.runnable])  # fmt: skip
+        deps.journal.record("deployment.started", deployment_id=deployment_id, commit=target,
+                            trigger=request.trigger, actor=request.actor,
+                            stacks=[s.name for s in plan.runnable])  # fmt: skip
         progress.phase(_describe(plan))
         progress.planned(plan)
-        # 3. Preflight: every input of every deploying stack is proven good before anything changes.
+        # 4. Preflight: every input of every deploying stack is proven good before anything changes.
         prepared = _preflight(deps, deployment_id, plan, catalog=catalog, tree=tree, progress=progress)
-        if isinstance(prepared, Outcome):
-            return _finish(deps, prepared, started)
-    # 4. Apply: removals, then deploys in dependency order, recording each result as it lands.
+    if isinstance(prepared, Outcome):
+        return prepared
+    # 5. Apply: removals, then deploys in dependency order, recording each result as it lands.
     results = _apply(deps, deployment_id, prepared, mirror, progress)
-    return _finish(deps, Outcome(deployment_id, target, results, exit_code=_exit_code(results)), started)
+    return Outcome(deployment_id, target, results, exit_code=_exit_code(results))
 
 
 def plan_between(deps: Deps, *, repo_url: str, base: str | None, target_ref: str) -> Plan:
@@ -273,11 +295,6 @@ def _record(deps: Deps, deployment_id: str, commit: str, result: StackResult) ->
     deps.journal.record(f"stack.{result.state}", deployment_id=deployment_id, commit=commit, stack=result.name,
                         action=result.action, result=str(result.state), duration_ms=duration,
                         reason=result.reason, error=result.error)  # fmt: skip
-
-
-def _stopped(deps: Deps, deployment_id: str, commit: str | None, error: DeployerError, started: float) -> Outcome:
-    outcome = Outcome(deployment_id, commit, error=error.message, error_code=error.code, exit_code=error.exit_code)
-    return _finish(deps, outcome, started)
 
 
 def _finish(deps: Deps, outcome: Outcome, started: float) -> Outcome:

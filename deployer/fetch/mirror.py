@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +30,8 @@ class Mirror:
         self.path = path
         self.url = _absolute(url)
         self._repo: git.Repo | None = None
+        # `worktree add` and `worktree prune` edit the mirror's shared worktree list: one at a time.
+        self._worktrees = threading.Lock()
 
     @property
     def repo(self) -> git.Repo:
@@ -106,9 +109,10 @@ class Mirror:
                 worktree = git.Repo(path)
                 worktree.git.checkout("--detach", "--force", sha)
             else:
-                self.repo.git.worktree("prune")
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self.repo.git.worktree("add", "--detach", "--force", str(path), sha)
+                with self._worktrees:
+                    self.repo.git.worktree("prune")
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    self.repo.git.worktree("add", "--detach", "--force", str(path), sha)
         except git.GitCommandError as error:
             raise FetchError(f"cannot check out {sha[:12]} into {path}: {_git_error(error)}") from error
         return path
@@ -122,7 +126,8 @@ class Mirror:
             yield path
         finally:
             shutil.rmtree(path, ignore_errors=True)
-            self.repo.git.worktree("prune")
+            with self._worktrees:
+                self.repo.git.worktree("prune")
 
 
 def redact_url(url: str) -> str:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from deployer.model import Action, Reason, StackState
-from deployer.pipeline import Deps, deploy
+from deployer.model import Action, Outcome, Reason, StackResult, StackState
+from deployer.pipeline import Deps, Request, SilentProgress, deploy
 from tests.conftest import AgeKey
 from tests.helpers import ConfigRepo, service
 
@@ -43,7 +44,7 @@ def containers(prefix: str) -> dict[str, dict[str, str]]:
 
 
 def run(deps: Deps, repo: ConfigRepo, *stacks: str):  # type: ignore[no-untyped-def]
-    return deploy(deps, repo_url=repo.url, ref="main", stacks=stacks)
+    return deploy(deps, Request(repo_url=repo.url, ref="main", stacks=stacks))
 
 
 def states(outcome) -> dict[str, StackState]:  # type: ignore[no-untyped-def]
@@ -205,7 +206,7 @@ def test_bad_input_deploys_nothing(deps: Deps, repo: ConfigRepo, prefix: str, ot
         repo.stack(other, deployer={"depends_on": [f"{prefix}-nowhere"]})
     repo.commit()
 
-    outcome = deploy(deps, repo_url=repo.url, ref="f" * 40 if bad == "commit" else "main")
+    outcome = deploy(deps, Request(repo_url=repo.url, ref="f" * 40 if bad == "commit" else "main"))
 
     assert outcome.exit_code == 2
     assert outcome.error
@@ -266,3 +267,24 @@ def test_state_survives_a_new_process(deps: Deps, repo: ConfigRepo, prefix: str)
     status = subprocess.run(["deployer", "status", "--json"], capture_output=True, text=True, env=env, check=True)
     stacks = json.loads(status.stdout)["stacks"]
     assert [(s["name"], s["last_good_commit"]) for s in stacks] == [(f"{prefix}-a", sha)]
+
+
+def test_the_deploy_lock_is_held_until_the_last_stack_is_up(deps: Deps, repo: ConfigRepo, prefix: str) -> None:
+    repo.stack(f"{prefix}-slow", {"main": service(healthy_after=3)})
+    repo.commit()
+    running = threading.Event()
+
+    class Watch(SilentProgress):
+        def stack(self, result: StackResult) -> None:
+            if result.state is StackState.RUNNING:
+                running.set()
+
+    first: list[Outcome] = []
+    worker = threading.Thread(target=lambda: first.append(deploy(deps, Request(repo.url, "main"), progress=Watch())))
+    worker.start()
+    assert running.wait(60)
+    second = deploy(deps, Request(repo.url, "main"))
+    worker.join()
+
+    assert second.exit_code == 1 and second.error and "another deployment is running" in second.error
+    assert first[0].exit_code == 0

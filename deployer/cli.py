@@ -14,10 +14,11 @@ from pathlib import Path
 
 from deployer import __version__
 from deployer.console import ConsoleProgress, format_plan, format_summary, table
-from deployer.errors import DeployerError
+from deployer.errors import DeployerError, PlanError
 from deployer.model import Plan
 from deployer.pipeline import Deps, Request, deploy, plan_between, validate_tree
 from deployer.settings import Settings
+from deployer.state import StateStore
 
 __all__ = ["main"]
 
@@ -60,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=_validate)
 
     status = commands.add_parser("status", help="last deployments and each stack's deployed commit")
+    status.add_argument("deployment", nargs="?", metavar="DEPLOYMENT", help="show one deployment, with compose output")
     status.add_argument("--limit", type=int, default=10, help="how many deployments to list")
     status.add_argument("--json", action="store_true", help="print stacks and deployments as JSON")
     status.set_defaults(handler=_status)
@@ -122,20 +124,43 @@ def _validate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
-    deps = Deps.from_settings(settings)
-    stacks = deps.store.stacks()
-    deployments = deps.store.deployments(limit=args.limit)
+    store = StateStore(settings.state_dir / "state.db")
+    if args.deployment:
+        return _show_deployment(store, args.deployment, as_json=args.json)
+    stacks = store.stacks()
+    deployments = store.deployments(limit=args.limit)
     if args.json:
         print(json.dumps({"stacks": [vars(s) for s in stacks], "deployments": deployments}, indent=2))
         return 0
-    rows = [[s.name, s.last_good_commit[:12], s.deployed_at, s.last_state or "-"] for s in stacks]
+    rows = [[s.name, (s.last_good_commit or "-")[:12], s.deployed_at or "-", s.last_state or "-"] for s in stacks]
     print(table(["STACK", "DEPLOYED COMMIT", "DEPLOYED AT", "LAST RESULT"], rows) if rows else "no stack deployed yet")
     print()
     rows = [
-        [d["id"], d["state"], (d["commit"] or "-")[:12], d["trigger"], d["created_at"], _stack_counts(d)]
+        [str(d["id"]), str(d["state"]), (d["commit"] or "-")[:12], str(d["trigger"]), str(d["created_at"]),
+         _stack_counts(d)]
         for d in deployments
-    ]
+    ]  # fmt: skip
     print(table(["DEPLOYMENT", "STATE", "COMMIT", "TRIGGER", "CREATED", "STACKS"], rows) if rows else "no deployments")
+    return 0
+
+
+def _show_deployment(store: StateStore, deployment_id: str, *, as_json: bool) -> int:
+    deployment = store.deployment(deployment_id, with_output=True)
+    if deployment is None:
+        raise PlanError(f"no deployment {deployment_id!r}")
+    if as_json:
+        print(json.dumps(deployment, indent=2))
+        return 0
+    print(f"deployment {deployment['id']} {deployment['state']} at {deployment['commit'] or '-'}")
+    print(f"  {deployment['trigger']} by {deployment['actor'] or '-'}, created {deployment['created_at']}")
+    if deployment["error"]:
+        print(f"  error: {deployment['error']}")
+    for stack in deployment["stacks"]:
+        print(f"\n{stack['name']}: {stack['action']} {stack['state']} ({', '.join(stack['reasons'])})")
+        if stack["error"]:
+            print(f"  {stack['error']}")
+        for line in (stack.get("output") or "").splitlines()[-40:]:
+            print(f"  | {line}")
     return 0
 
 

@@ -23,6 +23,18 @@ class DeployerError(Exception):
         self.details = details
 
 
+class SignatureError(DeployerError):
+    """A webhook delivery is unsigned or its signature does not match."""
+
+    code = "signature_invalid"
+
+
+class EventError(DeployerError):
+    """A webhook delivery is malformed: not JSON, wrong content type, fields missing."""
+
+    code = "event_invalid"
+
+
 class ConfigError(DeployerError):
     """The deployer's own configuration (environment, flags) is unusable."""
 

@@ -178,6 +178,28 @@ class Outcome:
         return DeploymentState.SUCCEEDED
 
 
+class StatusState(enum.StrEnum):
+    """A commit status as deployer means it; each forge maps it onto its own states."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILURE = "failure"
+    ERROR = "error"
+    SUPERSEDED = "superseded"
+
+
+@dataclass(frozen=True)
+class CommitStatus:
+    """One status for one commit and context (`deployer` or `deployer/<stack>`)."""
+
+    sha: str
+    context: str
+    state: str  # a StatusState value
+    description: str
+    target_url: str | None = None
+
+
 def rfc3339(epoch: float | None = None) -> str:
     """A UTC timestamp in RFC 3339 with milliseconds, e.g. 2026-11-27T01:28:36.123Z."""
     moment = datetime.now(UTC) if epoch is None else datetime.fromtimestamp(epoch, UTC)

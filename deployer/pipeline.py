@@ -151,7 +151,7 @@ def _deploy_locked(deps: Deps, deployment_id: str, request: Request, progress: P
             plan, catalog = _plan(deps, mirror, tree, target=target, requested=request.stacks)
         except DeployerError as error:
             return Outcome(deployment_id, target, error=error.message, error_code=error.code, exit_code=2)
-        deps.store.start_deployment(deployment_id, plan)
+        deps.store.start_deployment(deployment_id, plan, depends_on={n: catalog[n].depends_on for n in catalog})
         deps.journal.record("deployment.started", deployment_id=deployment_id, commit=target,
                             trigger=request.trigger, actor=request.actor,
                             stacks=[s.name for s in plan.runnable])  # fmt: skip

@@ -1,7 +1,8 @@
 """The SQLite state store: deployments, per-stack results, and each stack's last good commit.
 
 A stack's last good commit moves only in the same transaction that records its success, so a
-failed or interrupted stack keeps the commit it last deployed successfully.
+failed or interrupted stack keeps the commit it last deployed successfully. The same database holds
+the deployment queue, the webhook deliveries seen and the commit-status outbox (deployer.queue).
 """
 
 from __future__ import annotations
@@ -32,8 +33,12 @@ CREATE TABLE IF NOT EXISTS deployments (
     started_at TEXT,
     finished_at TEXT,
     error TEXT,
-    error_code TEXT
+    error_code TEXT,
+    forge_repo TEXT,
+    forge_api_url TEXT,
+    superseded_by TEXT
 );
+CREATE INDEX IF NOT EXISTS deployments_by_state ON deployments (state, ref);
 CREATE TABLE IF NOT EXISTS deployment_stacks (
     deployment_id TEXT NOT NULL REFERENCES deployments(id),
     position INTEGER NOT NULL,
@@ -46,13 +51,43 @@ CREATE TABLE IF NOT EXISTS deployment_stacks (
     finished_at TEXT,
     error TEXT,
     output TEXT,
+    depends_on TEXT NOT NULL DEFAULT '[]',
     PRIMARY KEY (deployment_id, name)
 );
 CREATE TABLE IF NOT EXISTS stacks (
     name TEXT PRIMARY KEY,
     last_good_commit TEXT NOT NULL,
     deployed_at TEXT NOT NULL,
-    deployment_id TEXT NOT NULL
+    deployment_id TEXT NOT NULL,
+    depends_on TEXT NOT NULL DEFAULT '[]'
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    forge TEXT NOT NULL,
+    delivery_id TEXT NOT NULL,
+    deployment_id TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    PRIMARY KEY (forge, delivery_id)
+);
+CREATE TABLE IF NOT EXISTS status_outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    deployment_id TEXT NOT NULL,
+    forge TEXT NOT NULL,
+    api_url TEXT NOT NULL,
+    repo TEXT NOT NULL,
+    sha TEXT NOT NULL,
+    context TEXT NOT NULL,
+    state TEXT NOT NULL,
+    description TEXT NOT NULL,
+    target_url TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL DEFAULT 0,
+    done_at TEXT,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS status_outbox_pending ON status_outbox (done_at, next_attempt);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 """
 
@@ -60,10 +95,11 @@ CREATE TABLE IF NOT EXISTS stacks (
 @dataclass(frozen=True)
 class StackRecord:
     name: str
-    last_good_commit: str
-    deployed_at: str
-    deployment_id: str
+    last_good_commit: str | None
+    deployed_at: str | None
+    deployment_id: str | None
     last_state: str | None
+    depends_on: tuple[str, ...]
 
 
 class StateStore:
@@ -81,6 +117,18 @@ class StateStore:
 
     def close(self) -> None:
         self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE), committed on success, rolled back on error."""
+        with self._tx() as db:
+            yield db
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """The connection, for reads, held by this thread until the block ends."""
+        with self._lock:
+            yield self._db
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -103,18 +151,29 @@ class StateStore:
             )
         return deployment_id
 
-    def start_deployment(self, deployment_id: str, plan: Plan) -> None:
+    def start_deployment(
+        self, deployment_id: str, plan: Plan, *, depends_on: Mapping[str, tuple[str, ...]] | None = None
+    ) -> None:
         """Mark the deployment running at the plan's commit, with every planned stack pending."""
+        depends_on = depends_on or {}
         with self._tx() as db:
             db.execute(
                 "UPDATE deployments SET state = ?, commit_sha = ?, started_at = ? WHERE id = ?",
                 (DeploymentState.RUNNING, plan.target, rfc3339(), deployment_id),
             )
             db.executemany(
-                "INSERT INTO deployment_stacks (deployment_id, position, name, action, reasons, state)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO deployment_stacks (deployment_id, position, name, action, reasons, state, depends_on)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (deployment_id, i, s.name, s.action, json.dumps(list(s.reasons)), StackState.PENDING)
+                    (
+                        deployment_id,
+                        i,
+                        s.name,
+                        s.action,
+                        json.dumps(list(s.reasons)),
+                        StackState.PENDING,
+                        json.dumps(list(depends_on.get(s.name, ()))),
+                    )
                     for i, s in enumerate(plan.stacks)
                 ],
             )
@@ -136,10 +195,12 @@ class StateStore:
                 db.execute("DELETE FROM stacks WHERE name = ?", (result.name,))
             else:
                 db.execute(
-                    "INSERT INTO stacks (name, last_good_commit, deployed_at, deployment_id) VALUES (?, ?, ?, ?)"
+                    "INSERT INTO stacks (name, last_good_commit, deployed_at, deployment_id, depends_on)"
+                    " SELECT ?, ?, ?, ?, depends_on FROM deployment_stacks WHERE deployment_id = ? AND name = ?"
                     " ON CONFLICT(name) DO UPDATE SET last_good_commit = excluded.last_good_commit,"
-                    " deployed_at = excluded.deployed_at, deployment_id = excluded.deployment_id",
-                    (result.name, commit, rfc3339(result.finished_at), deployment_id),
+                    " deployed_at = excluded.deployed_at, deployment_id = excluded.deployment_id,"
+                    " depends_on = excluded.depends_on",
+                    (result.name, commit, rfc3339(result.finished_at), deployment_id, deployment_id, result.name),
                 )
 
     def finish_deployment(
@@ -158,17 +219,30 @@ class StateStore:
         return {row["name"]: row["last_good_commit"] for row in rows}
 
     def stacks(self) -> list[StackRecord]:
+        """Every stack deployer has tried to deploy, with its last good commit (None if never)."""
         query = """
-            SELECT s.*, (SELECT ds.state FROM deployment_stacks ds JOIN deployments d ON d.id = ds.deployment_id
-                         WHERE ds.name = s.name AND ds.state != 'pending'
-                         ORDER BY d.rowid DESC LIMIT 1) AS last_state
-            FROM stacks s ORDER BY s.name"""
+            WITH latest AS (
+                SELECT ds.name, ds.state, ds.depends_on,
+                       ROW_NUMBER() OVER (PARTITION BY ds.name ORDER BY d.rowid DESC) AS n
+                FROM deployment_stacks ds JOIN deployments d ON d.id = ds.deployment_id
+                WHERE ds.state != 'pending')
+            SELECT l.name, s.last_good_commit, s.deployed_at, s.deployment_id, l.state AS last_state,
+                   COALESCE(s.depends_on, l.depends_on) AS depends_on
+            FROM latest l LEFT JOIN stacks s ON s.name = l.name
+            WHERE l.n = 1
+            UNION ALL
+            SELECT s.name, s.last_good_commit, s.deployed_at, s.deployment_id, NULL, s.depends_on FROM stacks s
+            WHERE s.name NOT IN (SELECT name FROM latest)
+            ORDER BY 1"""
         with self._lock:
             rows = self._db.execute(query).fetchall()
         return [
-            StackRecord(r["name"], r["last_good_commit"], r["deployed_at"], r["deployment_id"], r["last_state"])
+            StackRecord(
+                r["name"], r["last_good_commit"], r["deployed_at"], r["deployment_id"], r["last_state"],
+                tuple(json.loads(r["depends_on"] or "[]")),
+            )
             for r in rows
-        ]
+        ]  # fmt: skip
 
     def deployments(self, limit: int = 20) -> list[dict[str, Any]]:
         """The newest deployments first, each in the contract's shape."""
@@ -176,24 +250,26 @@ class StateStore:
             rows = self._db.execute("SELECT * FROM deployments ORDER BY rowid DESC LIMIT ?", (limit,)).fetchall()
             return [self._shape(row) for row in rows]
 
-    def deployment(self, deployment_id: str) -> dict[str, Any] | None:
+    def deployment(self, deployment_id: str, *, with_output: bool = False) -> dict[str, Any] | None:
+        """One deployment in the contract's shape; `with_output` adds each stack's kept compose output."""
         with self._lock:
             row = self._db.execute("SELECT * FROM deployments WHERE id = ?", (deployment_id,)).fetchone()
-            return None if row is None else self._shape(row)
+            return None if row is None else self._shape(row, with_output=with_output)
 
-    def _shape(self, row: Mapping[str, Any]) -> dict[str, Any]:
+    def _shape(self, row: Mapping[str, Any], *, with_output: bool = False) -> dict[str, Any]:
         stacks = self._db.execute(
             "SELECT * FROM deployment_stacks WHERE deployment_id = ? ORDER BY position", (row["id"],)
         ).fetchall()
         return {
             "id": row["id"], "commit": row["commit_sha"], "ref": row["ref"], "trigger": row["trigger"],
             "actor": row["actor"], "state": row["state"], "created_at": row["created_at"],
+            "superseded_by": row["superseded_by"],
             "started_at": row["started_at"], "finished_at": row["finished_at"], "error": row["error"],
             "stacks": [
                 {
                     "name": s["name"], "action": s["action"], "reasons": json.loads(s["reasons"]),
                     "state": s["state"], "started_at": s["started_at"], "finished_at": s["finished_at"],
-                    "error": s["error"],
+                    "error": s["error"], **({"output": s["output"]} if with_output else {}),
                 }
                 for s in stacks
             ],

@@ -1,0 +1,229 @@
+"""The durable deployment queue, webhook deliveries seen, and the commit-status outbox.
+
+All of it lives in the state store's SQLite database, so a queued deployment or an unsent status
+survives a crash, and any number of web processes can enqueue while one worker drains.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from deployer.model import CommitStatus, DeploymentState, rfc3339
+from deployer.state import StateStore
+
+__all__ = ["Claim", "Enqueued", "Queue", "StatusTarget", "Undelivered"]
+
+#: deployments in these states are finished: a redelivery of their webhook is deliberate
+_FINISHED = (DeploymentState.FAILED,)
+
+
+@dataclass(frozen=True)
+class StatusTarget:
+    """Where a deployment's commit statuses go."""
+
+    forge: str
+    api_url: str
+    repo: str
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    deployment_id: str
+    duplicate_of: str | None = None  # set when the delivery was already seen and is still in hand
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A deployment the worker took off the queue, and the queued ones it overtook."""
+
+    deployment_id: str
+    commit: str
+    ref: str
+    trigger: str
+    actor: str | None
+    superseded: tuple[tuple[str, str], ...]  # (deployment id, commit)
+
+
+@dataclass(frozen=True)
+class Undelivered:
+    id: int
+    deployment_id: str
+    target: StatusTarget
+    status: CommitStatus
+    attempts: int
+
+
+class Queue:
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+
+    def enqueue(
+        self,
+        *,
+        commit: str,
+        ref: str,
+        trigger: str,
+        actor: str | None,
+        delivery: tuple[str, str] | None = None,
+        target: StatusTarget | None = None,
+        pending: CommitStatus | None = None,
+    ) -> Enqueued:
+        """Queue a deployment of `commit`, in one transaction with its delivery and pending status.
+
+        A delivery (forge, id) seen before is a duplicate while its deployment is queued, running,
+        succeeded or superseded; after a failed deployment it is a deliberate redelivery and queues
+        again.
+        """
+        deployment_id = uuid.uuid4().hex[:12]
+        with self.store.transaction() as db:
+            if delivery is not None:
+                seen = db.execute(
+                    "SELECT d.id, d.state FROM deliveries v JOIN deployments d ON d.id = v.deployment_id"
+                    " WHERE v.forge = ? AND v.delivery_id = ?",
+                    delivery,
+                ).fetchone()
+                if seen is not None and seen["state"] not in _FINISHED:
+                    return Enqueued(seen["id"], duplicate_of=seen["id"])
+            db.execute(
+                "INSERT INTO deployments (id, commit_sha, ref, trigger, actor, state, created_at, forge_repo,"
+                " forge_api_url) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (deployment_id, commit, ref, trigger, actor, DeploymentState.QUEUED, rfc3339(),
+                 target.repo if target else None, target.api_url if target else None),
+            )  # fmt: skip
+            if delivery is not None:
+                db.execute(
+                    "INSERT INTO deliveries (forge, delivery_id, deployment_id, received_at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT DO UPDATE SET deployment_id = excluded.deployment_id,"
+                    " received_at = excluded.received_at",
+                    (*delivery, deployment_id, rfc3339()),
+                )
+            if target is not None and pending is not None:
+                _add_statuses(db, deployment_id, target, [pending])
+        return Enqueued(deployment_id)
+
+    def claim(self) -> Claim | None:
+        """Take the newest queued deployment; every older queued one of the same ref is superseded by it."""
+        with self.store.transaction() as db:
+            row = db.execute(
+                "SELECT * FROM deployments WHERE state = ? ORDER BY rowid DESC LIMIT 1", (DeploymentState.QUEUED,)
+            ).fetchone()
+            if row is None:
+                return None
+            older = db.execute(
+                "SELECT id, commit_sha FROM deployments WHERE state = ? AND ref = ? AND id != ? ORDER BY rowid",
+                (DeploymentState.QUEUED, row["ref"], row["id"]),
+            ).fetchall()
+            now = rfc3339()
+            db.executemany(
+                "UPDATE deployments SET state = ?, superseded_by = ?, finished_at = ? WHERE id = ?",
+                [(DeploymentState.SUPERSEDED, row["commit_sha"], now, o["id"]) for o in older],
+            )
+            db.execute(
+                "UPDATE deployments SET state = ?, started_at = ? WHERE id = ?",
+                (DeploymentState.RUNNING, now, row["id"]),
+            )
+        return Claim(
+            deployment_id=row["id"],
+            commit=row["commit_sha"],
+            ref=row["ref"],
+            trigger=row["trigger"],
+            actor=row["actor"],
+            superseded=tuple((o["id"], o["commit_sha"]) for o in older),
+        )
+
+    def requeue_interrupted(self) -> list[str]:
+        """Put deployments left running by a crash back in the queue; return their ids."""
+        with self.store.transaction() as db:
+            rows = db.execute("SELECT id FROM deployments WHERE state = ?", (DeploymentState.RUNNING,)).fetchall()
+            db.execute(
+                "UPDATE deployments SET state = ?, started_at = NULL WHERE state = ?",
+                (DeploymentState.QUEUED, DeploymentState.RUNNING),
+            )
+            db.execute("DELETE FROM deployment_stacks WHERE deployment_id IN (SELECT id FROM deployments"
+                       " WHERE state = ?) AND state IN ('pending', 'running')", (DeploymentState.QUEUED,))  # fmt: skip
+        return [row["id"] for row in rows]
+
+    def has_deployment_of(self, commit: str, ref: str) -> bool:
+        with self.store.read() as db:
+            row = db.execute(
+                "SELECT 1 FROM deployments WHERE commit_sha = ? AND ref = ? LIMIT 1", (commit, ref)
+            ).fetchone()
+        return row is not None
+
+    def status_target(self, deployment_id: str) -> StatusTarget | None:
+        with self.store.read() as db:
+            row = db.execute(
+                "SELECT forge, api_url, repo FROM status_outbox WHERE deployment_id = ? ORDER BY id LIMIT 1",
+                (deployment_id,),
+            ).fetchone()
+        return None if row is None else StatusTarget(row["forge"], row["api_url"], row["repo"])
+
+    def add_statuses(self, deployment_id: str, target: StatusTarget, statuses: Sequence[CommitStatus]) -> None:
+        with self.store.transaction() as db:
+            _add_statuses(db, deployment_id, target, statuses)
+
+    def undelivered(self, *, now: float | None = None, limit: int = 50) -> list[Undelivered]:
+        """Statuses due now, oldest first, at most one per (sha, context) so that order is kept."""
+        now = time.time() if now is None else now
+        with self.store.read() as db:
+            rows = db.execute(
+                "SELECT * FROM status_outbox o WHERE done_at IS NULL AND NOT EXISTS ("
+                " SELECT 1 FROM status_outbox p WHERE p.done_at IS NULL AND p.sha = o.sha"
+                " AND p.context = o.context AND p.repo = o.repo AND p.id < o.id)"
+                " AND next_attempt <= ? ORDER BY id LIMIT ?",
+                (now, limit),
+            ).fetchall()
+        return [
+            Undelivered(
+                id=r["id"], deployment_id=r["deployment_id"], target=StatusTarget(r["forge"], r["api_url"], r["repo"]),
+                status=CommitStatus(sha=r["sha"], context=r["context"], state=r["state"],
+                                    description=r["description"], target_url=r["target_url"]),
+                attempts=r["attempts"],
+            )
+            for r in rows
+        ]  # fmt: skip
+
+    def delivered(self, outbox_id: int, *, error: str | None = None) -> None:
+        """Mark a status done (sent, or given up on with `error`)."""
+        with self.store.transaction() as db:
+            db.execute(
+                "UPDATE status_outbox SET done_at = ?, last_error = ? WHERE id = ?", (rfc3339(), error, outbox_id)
+            )
+
+    def retry_later(self, outbox_id: int, *, delay: float, error: str) -> None:
+        with self.store.transaction() as db:
+            db.execute(
+                "UPDATE status_outbox SET attempts = attempts + 1, next_attempt = ?, last_error = ? WHERE id = ?",
+                (time.time() + delay, error, outbox_id),
+            )
+
+    def set_meta(self, key: str, value: object) -> None:
+        with self.store.transaction() as db:
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, json.dumps(value)),
+            )
+
+    def meta(self, key: str) -> object:
+        with self.store.read() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row["value"])
+
+
+def _add_statuses(
+    db: sqlite3.Connection, deployment_id: str, target: StatusTarget, statuses: Sequence[CommitStatus]
+) -> None:
+    db.executemany(
+        "INSERT INTO status_outbox (deployment_id, forge, api_url, repo, sha, context, state, description,"
+        " target_url) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (deployment_id, target.forge, target.api_url, target.repo, s.sha, s.context, s.state, s.description,
+             s.target_url)
+            for s in statuses
+        ],
+    )  # fmt: skip

@@ -1,0 +1,64 @@
+"""The forges deployer understands, and the headers by which each announces itself.
+
+Forgejo also sends every Gitea, Gogs and GitHub header, and Gitea also sends GitHub's: detection
+asks for the most specific forge first.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Final
+
+__all__ = ["DELIVERY_HEADERS", "EVENT_HEADER", "PUSH_EVENT", "SIGNATURE_HEADERS", "Forge", "detect_forge"]
+
+
+class Forge(enum.StrEnum):
+    GITHUB = "github"
+    GITEA = "gitea"
+    FORGEJO = "forgejo"
+    GITLAB = "gitlab"
+
+
+#: the header naming the event, per forge
+EVENT_HEADER: Final[Mapping[Forge, str]] = {
+    Forge.FORGEJO: "X-Forgejo-Event",
+    Forge.GITEA: "X-Gitea-Event",
+    Forge.GITLAB: "X-Gitlab-Event",
+    Forge.GITHUB: "X-GitHub-Event",
+}
+
+#: the event value of a branch push, per forge
+PUSH_EVENT: Final[Mapping[Forge, str]] = {
+    Forge.FORGEJO: "push",
+    Forge.GITEA: "push",
+    Forge.GITLAB: "Push Hook",
+    Forge.GITHUB: "push",
+}
+
+#: headers identifying one delivery, most stable first (GitLab's Idempotency-Key survives retries)
+DELIVERY_HEADERS: Final[Mapping[Forge, tuple[str, ...]]] = {
+    Forge.FORGEJO: ("X-Forgejo-Delivery", "X-Gitea-Delivery"),
+    Forge.GITEA: ("X-Gitea-Delivery",),
+    Forge.GITLAB: ("Idempotency-Key", "X-Gitlab-Event-UUID", "X-Gitlab-Webhook-UUID"),
+    Forge.GITHUB: ("X-GitHub-Delivery",),
+}
+
+#: signature headers in the order they are trusted; the first one present decides, alone
+SIGNATURE_HEADERS: Final[Mapping[Forge, tuple[str, ...]]] = {
+    Forge.FORGEJO: ("X-Forgejo-Signature", "X-Gitea-Signature", "X-Hub-Signature-256"),
+    Forge.GITEA: ("X-Gitea-Signature", "X-Hub-Signature-256"),
+    Forge.GITLAB: ("X-Gitlab-Token",),
+    Forge.GITHUB: ("X-Hub-Signature-256",),
+}
+
+
+def detect_forge(headers: Mapping[str, str]) -> Forge | None:
+    """The forge that sent a delivery, from its event or signature headers; None if unknown.
+
+    `headers` must look names up case-insensitively (Werkzeug's Headers do).
+    """
+    for forge, event_header in EVENT_HEADER.items():
+        if event_header in headers or SIGNATURE_HEADERS[forge][0] in headers:
+            return forge
+    return None

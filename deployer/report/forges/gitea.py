@@ -1,0 +1,22 @@
+"""Gitea and Forgejo: POST /repos/{owner}/{repo}/statuses/{sha} under /api/v1.
+
+Only the four states every version has (pending, success, failure, error) are used.
+"""
+
+from __future__ import annotations
+
+import requests
+
+from deployer.model import CommitStatus, StatusState
+from deployer.report.forges._http import check, post_json
+from deployer.report.forges.github import STATES
+
+
+def post(session: requests.Session, api_url: str, repo: str, token: str | None, status: CommitStatus) -> None:
+    headers = {"Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"token {token}"
+    body = {"state": STATES[StatusState(status.state)], "context": status.context, "description": status.description}
+    if status.target_url:
+        body["target_url"] = status.target_url
+    check(post_json(session, f"{api_url.rstrip('/')}/repos/{repo}/statuses/{status.sha}", headers=headers, body=body))

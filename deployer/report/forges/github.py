@@ -1,0 +1,27 @@
+"""GitHub: POST /repos/{owner}/{repo}/statuses/{sha} (states pending, success, failure, error)."""
+
+from __future__ import annotations
+
+import requests
+
+from deployer.model import CommitStatus, StatusState
+from deployer.report.forges._http import check, post_json
+
+STATES = {
+    StatusState.PENDING: "pending",
+    StatusState.RUNNING: "pending",
+    StatusState.SUCCESS: "success",
+    StatusState.FAILURE: "failure",
+    StatusState.ERROR: "error",
+    StatusState.SUPERSEDED: "error",
+}
+
+
+def post(session: requests.Session, api_url: str, repo: str, token: str | None, status: CommitStatus) -> None:
+    headers = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    body = {"state": STATES[StatusState(status.state)], "context": status.context, "description": status.description}
+    if status.target_url:
+        body["target_url"] = status.target_url
+    check(post_json(session, f"{api_url.rstrip('/')}/repos/{repo}/statuses/{status.sha}", headers=headers, body=body))

@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 from deployer import __version__
 from deployer.console import ConsoleProgress, format_plan, format_summary, table
-from deployer.errors import DeployerError, PlanError
+from deployer.errors import ConfigError, DeployerError, PlanError
 from deployer.model import Plan
-from deployer.pipeline import Deps, Request, deploy, plan_between, validate_tree
 from deployer.settings import Settings
 from deployer.state import StateStore
 
@@ -43,6 +45,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"deployer {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    serve = commands.add_parser("serve", help="run the webhook service (gunicorn) and its deploy worker")
+    serve.add_argument("--bind", metavar="HOST:PORT", help="listen address (default: DEPLOYER_BIND)")
+    serve.set_defaults(handler=_serve)
+
+    worker = commands.add_parser("worker", help="run only the deploy worker (serve starts one)")
+    worker.set_defaults(handler=_worker)
+
     plan = commands.add_parser("plan", help="print the affected stacks, why, and the order")
     plan.add_argument("--from", dest="base", metavar="SHA", help="base commit (default: every stack is new)")
     plan.add_argument("--to", dest="target", metavar="SHA", help="target commit (default: the branch head)")
@@ -68,6 +77,49 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _service_settings(settings: Settings) -> Settings:
+    missing = [
+        name
+        for name, value in (
+            ("DEPLOYER_WEBHOOK_SECRET", settings.webhook_secret),
+            ("DEPLOYER_REPO_URL", settings.repo_url),
+        )
+        if not value
+    ]
+    if missing:
+        raise ConfigError(
+            f"the service needs {' and '.join(missing)} (or {missing[0]}_FILE)".replace(
+                "DEPLOYER_REPO_URL_FILE", "a clone URL"
+            )
+        )
+    return settings
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from deployer.serve import serve
+
+    settings = _service_settings(settings)
+    _log_to_stderr()
+    return serve(settings, bind=args.bind or settings.bind)
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from deployer.jobs import Worker
+    from deployer.pipeline import Deps  # lazy: `serve` keeps git out of the gunicorn master
+
+    settings = _service_settings(settings)
+    _log_to_stderr()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    Worker(Deps.from_settings(settings)).run(stop)
+    return 0
+
+
+def _log_to_stderr() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def _repo_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--repo", metavar="PATH", help="repository path or URL (default: DEPLOYER_REPO_URL, else the current folder)"
@@ -79,6 +131,8 @@ def _repo_url(args: argparse.Namespace, settings: Settings) -> str:
 
 
 def _plan(args: argparse.Namespace, settings: Settings) -> int:
+    from deployer.pipeline import Deps, plan_between  # lazy: `serve` keeps git out of the gunicorn master
+
     deps = Deps.from_settings(settings)
     plan = plan_between(
         deps, repo_url=_repo_url(args, settings), base=args.base, target_ref=args.target or settings.branch
@@ -97,6 +151,8 @@ def _plan_json(plan: Plan) -> dict[str, object]:
 
 
 def _deploy(args: argparse.Namespace, settings: Settings) -> int:
+    from deployer.pipeline import Deps, Request, deploy  # lazy: `serve` keeps git out of the gunicorn master
+
     deps = Deps.from_settings(settings)
     progress = ConsoleProgress()
     try:
@@ -117,6 +173,8 @@ def _deploy(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _validate(args: argparse.Namespace, settings: Settings) -> int:
+    from deployer.pipeline import Deps, validate_tree  # lazy: `serve` keeps git out of the gunicorn master
+
     deps = Deps.from_settings(settings)
     catalog = validate_tree(deps, Path(args.repo))
     print(f"ok: {len(catalog)} stacks valid in {Path(args.repo).resolve() / settings.stacks_dir}")

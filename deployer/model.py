@@ -7,6 +7,7 @@ signature shows everything it needs. This module imports nothing from deployer.
 from __future__ import annotations
 
 import enum
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -198,6 +199,19 @@ class CommitStatus:
     state: str  # a StatusState value
     description: str
     target_url: str | None = None
+
+
+@dataclass(frozen=True)
+class StatusTarget:
+    """Where a deployment's commit statuses go."""
+
+    forge: str
+    api_url: str
+    repo: str
+
+
+def new_deployment_id() -> str:
+    return uuid.uuid4().hex[:12]
 
 
 def rfc3339(epoch: float | None = None) -> str:

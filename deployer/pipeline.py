@@ -32,7 +32,10 @@ from deployer.runner import CommandRunner, SubprocessRunner
 from deployer.settings import Settings
 from deployer.state import StateStore
 
-__all__ = ["Deps", "Progress", "Request", "SilentProgress", "deploy", "plan_between", "validate_tree"]
+__all__ = [
+    "Deps", "Progress", "Request", "SilentProgress", "branch_head", "deploy", "is_ancestor", "plan_between",
+    "validate_tree",
+]  # fmt: skip
 
 #: the value each secret key gets when validating without decrypting
 PLACEHOLDER = "1"
@@ -164,6 +167,20 @@ def _deploy_locked(deps: Deps, deployment_id: str, request: Request, progress: P
     # 5. Apply: removals, then deploys in dependency order, recording each result as it lands.
     results = _apply(deps, deployment_id, prepared, mirror, progress)
     return Outcome(deployment_id, target, results, exit_code=_exit_code(results))
+
+
+def branch_head(deps: Deps, *, repo_url: str, branch: str) -> str:
+    """Fetch the mirror and return the branch's head commit. Raises FetchError."""
+    mirror = deps.mirror(repo_url)
+    mirror.sync()
+    return mirror.resolve(f"refs/heads/{branch}")
+
+
+def is_ancestor(deps: Deps, *, repo_url: str, commit: str, of: str) -> bool:
+    """Whether `commit` is an ancestor of `of` in the mirror (fetching first). Raises FetchError."""
+    mirror = deps.mirror(repo_url)
+    mirror.sync()
+    return mirror.is_ancestor(commit, of)
 
 
 def plan_between(deps: Deps, *, repo_url: str, base: str | None, target_ref: str) -> Plan:

@@ -9,26 +9,16 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from deployer.model import CommitStatus, DeploymentState, rfc3339
+from deployer.model import CommitStatus, DeploymentState, StatusTarget, new_deployment_id, rfc3339
 from deployer.state import StateStore
 
 __all__ = ["Claim", "Enqueued", "Queue", "StatusTarget", "Undelivered"]
 
 #: deployments in these states are finished: a redelivery of their webhook is deliberate
 _FINISHED = (DeploymentState.FAILED,)
-
-
-@dataclass(frozen=True)
-class StatusTarget:
-    """Where a deployment's commit statuses go."""
-
-    forge: str
-    api_url: str
-    repo: str
 
 
 @dataclass(frozen=True)
@@ -72,14 +62,15 @@ class Queue:
         delivery: tuple[str, str] | None = None,
         target: StatusTarget | None = None,
         pending: CommitStatus | None = None,
+        deployment_id: str | None = None,
     ) -> Enqueued:
         """Queue a deployment of `commit`, in one transaction with its delivery and pending status.
 
         A delivery (forge, id) seen before is a duplicate while its deployment is queued, running,
         succeeded or superseded; after a failed deployment it is a deliberate redelivery and queues
-        again.
+        again. `pending` (a status naming `deployment_id`) goes to the outbox in the same transaction.
         """
-        deployment_id = uuid.uuid4().hex[:12]
+        deployment_id = deployment_id or new_deployment_id()
         with self.store.transaction() as db:
             if delivery is not None:
                 seen = db.execute(

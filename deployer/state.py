@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deployer.model import Action, DeploymentState, Plan, StackResult, StackState, rfc3339
+from deployer.model import Action, DeploymentState, Plan, StackResult, StackState, new_deployment_id, rfc3339
 
 __all__ = ["StackRecord", "StateStore"]
 
@@ -142,7 +141,7 @@ class StateStore:
             self._db.execute("COMMIT")
 
     def create_deployment(self, *, ref: str, trigger: str, actor: str | None, commit: str | None = None) -> str:
-        deployment_id = uuid.uuid4().hex[:12]
+        deployment_id = new_deployment_id()
         with self._tx() as db:
             db.execute(
                 "INSERT INTO deployments (id, commit_sha, ref, trigger, actor, state, created_at)"
@@ -211,6 +210,23 @@ class StateStore:
                 "UPDATE deployments SET state = ?, finished_at = ?, error = ?, error_code = ? WHERE id = ?",
                 (state, rfc3339(), error, error_code, deployment_id),
             )
+
+    def supersede(self, deployment_id: str, *, by: str) -> None:
+        """End a deployment that will not run because `by` (a newer commit) is deployed already."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE deployments SET state = ?, superseded_by = ?, finished_at = ? WHERE id = ?",
+                (DeploymentState.SUPERSEDED, by, rfc3339(), deployment_id),
+            )
+
+    def latest_deployed(self, ref: str) -> str | None:
+        """The commit of the newest succeeded deployment of `ref`."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT commit_sha FROM deployments WHERE ref = ? AND state = ? ORDER BY rowid DESC LIMIT 1",
+                (ref, DeploymentState.SUCCEEDED),
+            ).fetchone()
+        return None if row is None else str(row["commit_sha"])
 
     def last_good(self) -> dict[str, str]:
         """Each deployed stack's last successfully deployed commit."""

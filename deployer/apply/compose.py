@@ -44,6 +44,10 @@ class StackBackend(Protocol):
         """Remove a stack by name (its files may be gone); return the output."""
         ...
 
+    def ping(self) -> str | None:
+        """None when the engine answers, else why not (for readiness)."""
+        ...
+
 
 def compose_base_argv(stack: Stack, workdir: Path) -> list[str]:
     """The part of every compose command that names the project and its file."""
@@ -94,6 +98,12 @@ class ComposeBackend:
         if not result.ok:
             raise ComposeError(f"stack {name}: compose down failed: {_last_line(result, {})}", output=_tail(result, {}))
         return _tail(result, {})
+
+    def ping(self) -> str | None:
+        result = self.runner.run(
+            ["docker", "version", "--format", "{{.Server.Version}}"], env=self.docker_env, timeout=10
+        )
+        return None if result.ok else _last_line(result, {})
 
     def _run(self, argv: list[str], secrets: Mapping[str, str], *, timeout: float) -> Completed:
         return self.runner.run(argv, env={**self.docker_env, **secrets}, timeout=timeout)

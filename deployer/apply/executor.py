@@ -89,7 +89,7 @@ def _attempt(work: Work, planned: PlannedStack, started: StackResult) -> StackRe
             output=getattr(error, "output", None) or None,
             finished_at=time.time(),
         )
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 -- one stack's bug must not stop the others
         message = f"stack {planned.name}: unexpected error: {type(error).__name__}: {error}"
         return replace(
             started, state=StackState.FAILED, reason=Reason.COMPOSE_FAILED, error=message, finished_at=time.time()

@@ -81,6 +81,14 @@ class Mirror:
             return False
         return True
 
+    def is_ancestor(self, commit: str, of: str) -> bool:
+        """Whether `commit` is reachable from `of` (an older commit of the same history)."""
+        try:
+            self.repo.git.merge_base("--is-ancestor", commit, of)
+        except git.GitCommandError:
+            return False
+        return True
+
     def changed_paths(self, base: str, target: str) -> frozenset[str] | None:
         """Paths that differ between two commits, from git's own diff; None if `base` is gone.
 

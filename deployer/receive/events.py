@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from deployer.errors import EventError
-from deployer.receive.forges import DELIVERY_HEADERS, EVENT_HEADER, PUSH_EVENT, Forge
+from deployer.receive.forges import DELIVERY_HEADERS, EVENT_HEADER, PUSH_EVENT, Forge, HeaderMap
 
 __all__ = ["Ignored", "PushEvent", "parse_delivery", "signed_bytes"]
 
@@ -48,6 +48,7 @@ def signed_bytes(forge: Forge, headers: Mapping[str, str], body: bytes) -> bytes
 
     Raises EventError for a content type that carries no JSON payload.
     """
+    headers = HeaderMap.of(headers)
     content_type = headers.get("Content-Type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
         return body
@@ -60,6 +61,7 @@ def signed_bytes(forge: Forge, headers: Mapping[str, str], body: bytes) -> bytes
 
 def parse_delivery(forge: Forge, headers: Mapping[str, str], signed: bytes, *, branch: str) -> PushEvent | Ignored:
     """Read a verified delivery. Raises EventError when the payload is not the JSON a push carries."""
+    headers = HeaderMap.of(headers)
     event = headers.get(EVENT_HEADER[forge], "")
     if event != PUSH_EVENT[forge]:
         return Ignored(f"{event or 'unnamed'} event")

@@ -7,10 +7,39 @@ asks for the most specific forge first.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Final
 
-__all__ = ["DELIVERY_HEADERS", "EVENT_HEADER", "PUSH_EVENT", "SIGNATURE_HEADERS", "Forge", "detect_forge"]
+__all__ = [
+    "DELIVERY_HEADERS", "EVENT_HEADER", "PUSH_EVENT", "SIGNATURE_HEADERS", "Forge", "HeaderMap", "detect_forge",
+]  # fmt: skip
+
+
+class HeaderMap(Mapping[str, str]):
+    """HTTP headers looked up case-insensitively, from any (name, value) pairs; repeated names keep the first."""
+
+    def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
+        self._values: dict[str, str] = {}
+        for name, value in pairs:
+            self._values.setdefault(name.lower(), value)
+
+    @classmethod
+    def of(cls, headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> HeaderMap:
+        if isinstance(headers, HeaderMap):
+            return headers
+        return cls(headers.items() if isinstance(headers, Mapping) else headers)
+
+    def __getitem__(self, name: str) -> str:
+        return self._values[name.lower()]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._values
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
 
 
 class Forge(enum.StrEnum):
@@ -54,10 +83,8 @@ SIGNATURE_HEADERS: Final[Mapping[Forge, tuple[str, ...]]] = {
 
 
 def detect_forge(headers: Mapping[str, str]) -> Forge | None:
-    """The forge that sent a delivery, from its event or signature headers; None if unknown.
-
-    `headers` must look names up case-insensitively (Werkzeug's Headers do).
-    """
+    """The forge that sent a delivery, from its event or signature headers; None if unknown."""
+    headers = HeaderMap.of(headers)
     for forge, event_header in EVENT_HEADER.items():
         if event_header in headers or SIGNATURE_HEADERS[forge][0] in headers:
             return forge

@@ -12,13 +12,14 @@ import hmac
 from collections.abc import Mapping
 
 from deployer.errors import SignatureError
-from deployer.receive.forges import SIGNATURE_HEADERS, Forge
+from deployer.receive.forges import SIGNATURE_HEADERS, Forge, HeaderMap
 
 __all__ = ["signature_header", "verify_signature"]
 
 
 def signature_header(forge: Forge, headers: Mapping[str, str]) -> str | None:
     """The name of the signature header that decides for this delivery (the first one present)."""
+    headers = HeaderMap.of(headers)
     return next((name for name in SIGNATURE_HEADERS[forge] if headers.get(name)), None)
 
 
@@ -31,6 +32,7 @@ def verify_signature(forge: Forge, *, signed: bytes, headers: Mapping[str, str],
     """
     if not secret:
         raise SignatureError("webhook secret is not configured")
+    headers = HeaderMap.of(headers)
     name = signature_header(forge, headers)
     if name is None:
         raise SignatureError(f"{forge} delivery carries no signature ({' or '.join(SIGNATURE_HEADERS[forge])})")

@@ -15,7 +15,7 @@ from deployer.model import CommitStatus
 from deployer.report.forges import gitea, github, gitlab
 from deployer.report.forges._http import GiveUp, Retry
 
-__all__ = ["DEFAULT_API_URL", "POSTERS", "GiveUp", "Poster", "Retry"]
+__all__ = ["POSTERS", "GiveUp", "Poster", "Retry"]
 
 #: post(session, api_url, repo, token, status)
 Poster = Callable[[requests.Session, str, str, str | None, CommitStatus], None]
@@ -26,5 +26,3 @@ POSTERS: Final[Mapping[str, Poster]] = {
     "forgejo": gitea.post,
     "gitlab": gitlab.post,
 }
-
-DEFAULT_API_URL: Final[Mapping[str, str]] = {"github": "https://api.github.com"}

@@ -1,0 +1,68 @@
+"""Read-only API: deployments, stacks, liveness and readiness."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, current_app, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from deployer.errors import PlanError
+from deployer.web.context import Service
+
+__all__ = ["api"]
+
+api = Blueprint("api", __name__)
+
+#: the worker is taken for dead when its heartbeat is older than this many seconds
+WORKER_STALE = 30.0
+
+
+@api.get("/api/deployments")
+def deployments() -> ResponseReturnValue:
+    limit = request.args.get("limit", default=20, type=int) or 20
+    return jsonify(Service.current(current_app).store.deployments(limit=max(1, min(limit, 500))))
+
+
+@api.get("/api/deployments/<deployment_id>")
+def deployment(deployment_id: str) -> ResponseReturnValue:
+    found = Service.current(current_app).store.deployment(deployment_id)
+    if found is None:
+        raise PlanError(f"no deployment {deployment_id!r}")
+    return jsonify(found)
+
+
+@api.get("/api/stacks")
+def stacks() -> ResponseReturnValue:
+    records = Service.current(current_app).store.stacks()
+    shaped = [
+        {"name": r.name, "deployed_commit": r.last_good_commit, "state": r.last_state, "depends_on": list(r.depends_on)}
+        for r in records
+    ]
+    return jsonify(shaped)
+
+
+@api.get("/healthz")
+def healthz() -> ResponseReturnValue:
+    return jsonify(status="ok")
+
+
+@api.get("/readyz")
+def readyz() -> ResponseReturnValue:
+    """Ready when the state store answers, the mirror exists and the deploy worker's heartbeat is fresh."""
+    service = Service.current(current_app)
+    problems = []
+    try:
+        beat = service.queue.meta("worker")
+    except Exception as error:  # noqa: BLE001 -- any store failure means not ready, said in the answer
+        return jsonify(status="unready", problems=[f"state store: {error}"]), 503
+    if not (service.settings.state_dir / "mirror.git" / "HEAD").exists():
+        problems.append("repository mirror not fetched yet")
+    if not isinstance(beat, dict) or time.time() - float(beat.get("at", 0)) > WORKER_STALE:
+        problems.append("deploy worker not running")
+    engine = service.queue.meta("engine")
+    if not (isinstance(engine, dict) and engine.get("ok")):
+        problems.append(f"docker engine not reachable: {engine.get('error') if isinstance(engine, dict) else '?'}")
+    if problems:
+        return jsonify(status="unready", problems=problems), 503
+    return jsonify(status="ready")

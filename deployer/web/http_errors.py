@@ -1,0 +1,50 @@
+"""The one table from deployer errors to HTTP answers, and the handlers that apply it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+from flask import Flask, jsonify, request
+from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import HTTPException
+
+from deployer.errors import DeployerError, EventError, PlanError, SignatureError
+
+__all__ = ["HTTP_STATUS", "register"]
+
+log = logging.getLogger("deployer.web")
+
+HTTP_STATUS: Final[dict[type[DeployerError], int]] = {
+    SignatureError: 401,
+    EventError: 400,
+    PlanError: 404,
+}
+
+
+def register(app: Flask) -> None:
+    app.register_error_handler(DeployerError, _deployer_error)
+    app.register_error_handler(HTTPException, _http_error)
+
+
+def _deployer_error(error: DeployerError) -> ResponseReturnValue:
+    status = next((code for kind, code in HTTP_STATUS.items() if isinstance(error, kind)), 500)
+    log.warning("%s %s -> %d %s: %s%s", request.method, request.path, status, error.code, error.message, _who())
+    return jsonify(error=error.code, message=error.message), status
+
+
+def _http_error(error: HTTPException) -> ResponseReturnValue:
+    status = error.code or 500
+    if status >= 400 and status != 404:
+        log.warning("%s %s -> %d: %s%s", request.method, request.path, status, error.description, _who())
+    return jsonify(error=error.name.lower().replace(" ", "_"), message=error.description), status
+
+
+def _who() -> str:
+    """The delivery id and peer, so a rejected request can be found in the forge's delivery log."""
+    delivery = next(
+        (request.headers[h] for h in ("X-GitHub-Delivery", "X-Gitea-Delivery", "X-Forgejo-Delivery",
+                                      "X-Gitlab-Event-UUID") if h in request.headers),
+        None,
+    )  # fmt: skip
+    return f" (from {request.remote_addr}{f', delivery {delivery}' if delivery else ''})"

@@ -43,7 +43,7 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn ships no typ
 
 
 class _DeployWorker:
-    """Keeps one `deployer worker` child running until stopped."""
+    """Keeps one `deployer worker` child running until stopped; a worker that crashes is restarted."""
 
     def __init__(self) -> None:
         self._stop = threading.Event()
@@ -67,8 +67,8 @@ class _DeployWorker:
         while not self._stop.is_set():
             self._process = subprocess.Popen([sys.executable, "-m", "deployer", "worker"])
             code = self._process.wait()
-            if self._stop.is_set():
-                return
+            if self._stop.is_set() or code == 0:
+                return  # asked to stop (gunicorn passes its SIGTERM on to us as well)
             log.error("deploy worker exited with %s; restarting in %.0fs", code, RESTART_DELAY)
             self._stop.wait(RESTART_DELAY)
 

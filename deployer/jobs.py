@@ -114,10 +114,10 @@ class Worker:
         log.info("reconcile: %s is not deployed yet, queued as %s", head[:12], enqueued.deployment_id)
         return enqueued.deployment_id
 
-    def deliver_statuses(self) -> int:
-        """Send every status that is due; return how many are still waiting."""
+    def deliver_statuses(self, *, now: float | None = None) -> int:
+        """Send every status that is due (at `now`); return how many are still waiting."""
         waiting = 0
-        for item in self.queue.undelivered():
+        for item in self.queue.undelivered(now=now):
             if not self._deliver(item):
                 waiting += 1
         return waiting

@@ -78,20 +78,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _service_settings(settings: Settings) -> Settings:
-    missing = [
-        name
-        for name, value in (
-            ("DEPLOYER_WEBHOOK_SECRET", settings.webhook_secret),
-            ("DEPLOYER_REPO_URL", settings.repo_url),
-        )
-        if not value
-    ]
-    if missing:
-        raise ConfigError(
-            f"the service needs {' and '.join(missing)} (or {missing[0]}_FILE)".replace(
-                "DEPLOYER_REPO_URL_FILE", "a clone URL"
-            )
-        )
+    """The service refuses to start without a webhook secret or a repository to deploy."""
+    if not settings.webhook_secret:
+        raise ConfigError("DEPLOYER_WEBHOOK_SECRET (or DEPLOYER_WEBHOOK_SECRET_FILE) is required to serve webhooks")
+    if not settings.repo_url:
+        raise ConfigError("DEPLOYER_REPO_URL is required: the clone URL of the config repository")
     return settings
 
 

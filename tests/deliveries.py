@@ -37,7 +37,8 @@ def push_payload(forge: str, *, after: str, before: str = "1" * 40, branch: str 
             "forced": False, "base_ref": None, "compare": f"https://github.com/{repo}/compare/x",
             "commits": [commit], "head_commit": None if after == ZERO else commit,
             "repository": {"id": 1, "name": repo.split("/")[1], "full_name": repo, "private": True,
-                           "html_url": f"https://github.com/{repo}", "url": f"https://api.github.com/repos/{repo}",
+                           "html_url": f"https://github.com/{repo}", "url": f"https://github.com/{repo}",
+                           "statuses_url": f"https://api.github.com/repos/{repo}/statuses/{{sha}}",
                            "clone_url": f"https://github.com/{repo}.git", "default_branch": "main"},
             "pusher": {"name": "op", "email": "op@example.org"}, "sender": {"login": "op", "id": 7},
         }  # fmt: skip

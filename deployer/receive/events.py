@@ -77,7 +77,7 @@ def parse_delivery(forge: Forge, headers: Mapping[str, str], signed: bytes, *, b
         return Ignored("test delivery (before == after)")
     if payload.get("deleted") is True or set(after) == {"0"}:
         return Ignored("branch deletion")
-    if not _SHA.match(after):
+    if not _SHA.fullmatch(after):
         raise EventError(f"after is not a commit sha: {after[:80]!r}")
     return PushEvent(
         forge=forge,
@@ -103,7 +103,8 @@ def _form_payload(body: bytes) -> bytes:
 
 def _json(forge: Forge, headers: Mapping[str, str], signed: bytes) -> dict[str, Any]:
     text = signed
-    if forge is Forge.GITHUB and headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
+    content_type = headers.get("Content-Type", "").lower()
+    if forge is Forge.GITHUB and content_type.startswith("application/x-www-form-urlencoded"):
         text = _form_payload(signed)
     try:
         payload = json.loads(text)
@@ -125,9 +126,12 @@ def _repo(forge: Forge, payload: Mapping[str, Any]) -> str | None:
 def _api_url(forge: Forge, payload: Mapping[str, Any]) -> str | None:
     if forge is Forge.GITHUB:
         repository = payload.get("repository") or {}
-        url = repository.get("url") or ""
-        # github.com: https://api.github.com/repos/o/r; GHES: https://host/api/v3/repos/o/r
-        return url.split("/repos/")[0] if "/repos/" in url else _DEFAULT_API[forge]
+        # statuses_url is an API address on github.com (https://api.github.com/repos/o/r/statuses/{sha}) and
+        # on GHES (https://host/api/v3/repos/...); repository.url may be the web address instead.
+        for url in (repository.get("statuses_url") or "", repository.get("url") or ""):
+            if "/repos/" in url and ("api." in url or "/api/" in url):
+                return url.split("/repos/")[0]
+        return _DEFAULT_API[forge]
     if forge is Forge.GITLAB:
         project = payload.get("project") or {}
         web, path = project.get("web_url") or "", project.get("path_with_namespace") or ""

@@ -13,10 +13,10 @@ from pathlib import Path, PurePosixPath
 
 from deployer.errors import ConfigError
 
-__all__ = ["Settings"]
+__all__ = ["DOCKER_PASSTHROUGH", "Settings"]
 
 #: variables that tools need to find their binaries, config and engine; nothing else is inherited
-_DOCKER_PASSTHROUGH = (
+DOCKER_PASSTHROUGH = (
     "PATH",
     "HOME",
     "LANG",
@@ -94,7 +94,7 @@ class Settings:
             prune=_bool(environ, "DEPLOYER_PRUNE", default=False),
             max_parallel=_int(environ, "DEPLOYER_MAX_PARALLEL", 4, minimum=1),
             max_body=_int(environ, "DEPLOYER_MAX_BODY", 1024 * 1024, minimum=1),
-            docker_env=_pick(environ, _DOCKER_PASSTHROUGH),
+            docker_env=_pick(environ, DOCKER_PASSTHROUGH),
             sops_env=_sops_env(environ),
         )
 

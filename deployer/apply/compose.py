@@ -15,6 +15,7 @@ from typing import Protocol
 
 from deployer.apply.secrets import redact
 from deployer.errors import ComposeError, ComposeInvalidError, HealthCheckError
+from deployer.interpolation import interpolate, read_dotenv
 from deployer.model import Directory, Stack, StackName
 from deployer.runner import CommandRunner, Completed
 
@@ -81,8 +82,9 @@ class ComposeBackend:
     def up(self, stack: Stack, *, workdir: Path, env: Mapping[str, str]) -> str:
         for network in stack.networks:
             self._ensure_network(stack, network)
+        variables = {**_stack_dotenv(workdir / stack.folder), **env}
         for directory in stack.directories:
-            _ensure_directory(stack, directory)
+            _ensure_directory(stack, directory, variables)
         timeout = stack.wait_timeout + _UP_GRACE if stack.wait_timeout else 30 * 60
         result = self._run(compose_up_argv(stack, workdir), env, timeout=timeout)
         output = _tail(result, env)
@@ -120,9 +122,21 @@ class ComposeBackend:
             raise ComposeError(f"{stack.compose_file}: cannot create network {name}: {_last_line(created, {})}")
 
 
-def _ensure_directory(stack: Stack, directory: Directory) -> None:
-    """Create a host directory and give it the declared owner and mode (also when it exists)."""
-    path = Path(directory.path)
+def _stack_dotenv(folder: Path) -> dict[str, str]:
+    path = folder / ".env"
+    return read_dotenv(path.read_text(encoding="utf-8", errors="replace")) if path.is_file() else {}
+
+
+def _ensure_directory(stack: Stack, directory: Directory, variables: Mapping[str, str]) -> None:
+    """Create a host directory and give it the declared owner and mode (also when it exists).
+
+    The path may use variables (`${DATA_ROOT:-/mnt/data}/db`), resolved as compose would: from the
+    stack's secrets and its .env, else the default.
+    """
+    try:
+        path = Path(os.path.normpath(interpolate(directory.path, variables)))
+    except KeyError as error:
+        raise ComposeError(f"{stack.compose_file}: directory {directory.path}: {error.args[0]}") from None
     try:
         path.mkdir(parents=True, exist_ok=True)
         if directory.owner is not None:

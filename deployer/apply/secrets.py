@@ -12,10 +12,10 @@ from pathlib import Path, PurePosixPath
 
 from deployer.errors import SecretError
 from deployer.runner import CommandRunner
+from deployer.sopsfile import FORMATS
 
 __all__ = ["decrypt_argv", "decrypt_files", "redact"]
 
-_FORMATS = {".env": "dotenv", ".yaml": "yaml", ".yml": "yaml", ".json": "json"}
 #: sops exit codes worth a sentence of their own (cmd/sops/codes/codes.go)
 _EXIT_CAUSES = {
     127: "the sops binary is not on PATH",
@@ -31,7 +31,7 @@ MIN_REDACTED_LENGTH = 4
 
 def decrypt_argv(path: PurePosixPath) -> list[str]:
     """The sops command that prints one file's plaintext as JSON on stdout."""
-    input_type = _FORMATS.get(path.suffix, "binary")
+    input_type = FORMATS.get(path.suffix, "binary")
     return ["sops", "decrypt", "--input-type", input_type, "--output-type", "json", str(path)]
 
 

@@ -6,7 +6,6 @@ This reads files and nothing else: no subprocess, no network. Compose's own verd
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -17,7 +16,10 @@ from typing import Any
 import yaml
 
 from deployer.errors import CatalogError
+from deployer.interpolation import interpolate, read_dotenv, references
 from deployer.model import Catalog, Directory, Stack
+from deployer.settings import DOCKER_PASSTHROUGH
+from deployer.sopsfile import FORMATS, read_sops_file
 
 __all__ = ["COMPOSE_FILE_NAMES", "load_catalog", "secret_format"]
 
@@ -26,7 +28,7 @@ STACK_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 NETWORK_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 OWNER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
 KNOWN_KEYS = frozenset({"depends_on", "secrets", "networks", "directories", "wait_timeout", "watch"})
-SECRET_FORMATS = {".env": "dotenv", ".yaml": "yaml", ".yml": "yaml", ".json": "json"}
+SECRET_FORMATS = FORMATS
 
 
 class _Problems:
@@ -122,8 +124,14 @@ def _load_stack(root: Path, folder: Path, known: frozenset[str], problems: _Prob
         return None
     for key in sorted(set(block) - KNOWN_KEYS):
         problems.add(rel_compose, f"x-deployer.{key}", f"unknown key (known: {', '.join(sorted(KNOWN_KEYS))})")
-    fields = _Fields(root, rel_compose, block, problems)
+    dotenv = _stack_dotenv(folder)
+    fields = _Fields(root, rel_compose, block, problems, dotenv=dotenv)
     secrets = fields.repo_paths("secrets", must_exist=True)
+    secret_keys = {
+        path: _secret_keys(root, path, where=f"{rel_compose}: {fields.where_is('secrets', path)}", problems=problems)
+        for path in secrets
+    }
+    fields.secret_keys = {key for keys in secret_keys.values() for key in keys}
     stack = Stack(
         name=folder.name,
         folder=rel_folder,
@@ -134,21 +142,60 @@ def _load_stack(root: Path, folder: Path, known: frozenset[str], problems: _Prob
         directories=fields.directories(),
         wait_timeout=fields.wait_timeout(),
         watch=tuple(str(p) for p in fields.repo_paths("watch", must_exist=False)),
-        secret_keys={
-            path: _secret_keys(
-                root, path, where=f"{rel_compose}: {fields.where_is('secrets', path)}", problems=problems
-            )
-            for path in secrets
-        },
+        secret_keys=secret_keys,
     )
+    provided = fields.secret_keys | set(dotenv) | set(DOCKER_PASSTHROUGH)
+    _check_variables(rel_compose, {k: v for k, v in document.items() if k != "x-deployer"}, provided, secrets, problems)
     return stack
+
+
+def _stack_dotenv(folder: Path) -> dict[str, str]:
+    """The stack's own `.env` (compose reads it for interpolation from the project directory)."""
+    path = folder / ".env"
+    return read_dotenv(path.read_text(encoding="utf-8", errors="replace")) if path.is_file() else {}
+
+
+def _check_variables(
+    where: PurePosixPath, document: Any, provided: set[str], secrets: tuple[PurePosixPath, ...], problems: _Problems
+) -> None:
+    """Every variable the compose file needs without a default must come from its secrets or .env.
+
+    Compose sees only those (and deployer's PATH, HOME and DOCKER_* variables), so anything else
+    would be interpolated as an empty string at deploy time.
+    """
+    missing = sorted({ref.name for text in _strings(document) for ref in references(text) if ref.required} - provided)
+    sources = ", ".join(map(str, secrets)) or "no secret file"
+    for name in missing:
+        problems.add(where, None, f"${{{name}}} has no default and is not a key of {sources} or the stack's .env")
+
+
+def _strings(node: Any) -> Iterator[str]:
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield from _strings(key)
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _strings(item)
 
 
 class _Fields:
     """Typed readers for the keys of one x-deployer block, reporting problems as they go."""
 
-    def __init__(self, root: Path, where: PurePosixPath, block: Mapping[str, Any], problems: _Problems):
+    def __init__(
+        self,
+        root: Path,
+        where: PurePosixPath,
+        block: Mapping[str, Any],
+        problems: _Problems,
+        *,
+        dotenv: Mapping[str, str],
+    ) -> None:
         self.root, self.where, self.block, self.problems = root, where, block, problems
+        self.dotenv = dotenv
+        self.secret_keys: set[str] = set()
 
     def _list(self, key: str) -> list[Any]:
         value = self.block.get(key)
@@ -232,7 +279,10 @@ class _Fields:
     def _directory(self, item: Mapping[str, Any], field: str) -> Directory | None:
         path, owner, mode = item.get("path"), item.get("owner"), item.get("mode")
         ok = True
-        if not isinstance(path, str) or not path.startswith("/") or ".." in PurePosixPath(path).parts:
+        resolved = self._resolve(path, f"{field}.path")
+        if resolved is None:
+            ok = False
+        elif not resolved.startswith("/") or ".." in PurePosixPath(resolved).parts:
             self.problems.add(self.where, f"{field}.path", f"{path!r} is not an absolute path without '..'")
             ok = False
         if owner is not None and not (isinstance(owner, str | int) and OWNER.match(str(owner))):
@@ -244,9 +294,20 @@ class _Fields:
             ok = False
         if not ok:
             return None
-        return Directory(
-            path=os.path.normpath(str(path)), owner=None if owner is None else str(owner), mode=parsed_mode
-        )
+        text = str(path) if "$" in str(path) else os.path.normpath(str(path))  # variables resolve at apply
+        return Directory(path=text, owner=None if owner is None else str(owner), mode=parsed_mode)
+
+    def _resolve(self, value: object, field: str) -> str | None:
+        """A path with its variables resolved from the stack's .env and defaults (secrets come at apply)."""
+        if not isinstance(value, str):
+            self.problems.add(self.where, field, f"{value!r} is not a path")
+            return None
+        known = self.secret_keys | set(self.dotenv)
+        unset = [ref.name for ref in references(value) if ref.required and ref.name not in known]
+        if unset:
+            self.problems.add(self.where, field, f"${{{unset[0]}}} has no default and is not a secret key or in .env")
+            return None
+        return interpolate(value, {**{k: "/secret" for k in self.secret_keys}, **self.dotenv})
 
     def wait_timeout(self) -> int:
         value: object = self.block.get("wait_timeout", 300)
@@ -285,26 +346,13 @@ def _check_symlinks(root: Path, folder: Path, problems: _Problems) -> None:
 
 
 def _secret_keys(root: Path, path: PurePosixPath, *, where: str, problems: _Problems) -> tuple[str, ...]:
-    """The keys of a SOPS file, read without decrypting; reports a file that is not encrypted."""
-    text = (root / path).read_text(encoding="utf-8", errors="replace")
-    keys: list[str] = []
-    encrypted = False
-    if secret_format(path) == "dotenv":
-        pairs = [line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#")]
-        keys = [k for k, _ in pairs if not k.startswith("sops_")]
-        encrypted = any(k == "sops_mac" and v for k, v in pairs) and any(k == "sops_version" for k, _ in pairs)
-    else:
-        try:
-            document = yaml.safe_load(text) if secret_format(path) == "yaml" else json.loads(text)
-        except (yaml.YAMLError, ValueError):
-            document = None
-        if isinstance(document, dict):
-            meta = document.get("sops")
-            encrypted = isinstance(meta, dict) and bool(meta.get("mac")) and bool(meta.get("version"))
-            keys = [str(k) for k in document if k != "sops"]
-    if not encrypted:
-        problems.add(where, None, f"{path} is not SOPS-encrypted (no sops metadata)")
-    return tuple(keys)
+    """The keys of a SOPS file, read without decrypting; reports a file or value left in clear."""
+    parsed = read_sops_file(path, (root / path).read_text(encoding="utf-8", errors="replace"))
+    if parsed is None:
+        return ()
+    for problem in parsed.problems:
+        problems.add(where, None, f"{path} {problem}")
+    return parsed.keys
 
 
 def _safe_repo_path(path: PurePosixPath) -> bool:

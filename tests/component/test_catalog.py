@@ -233,3 +233,39 @@ def test_a_symlink_inside_the_repository_is_fine(root: Path) -> None:
     stack(root, "web")
     os.symlink("../../shared/nginx.conf", root / "stacks/web/nginx.conf")
     assert list(load_catalog(root)) == ["web"]
+
+
+def test_compose_variables_must_come_from_secrets_env_file_or_defaults(tmp_path: Path) -> None:
+    write(tmp_path, "secrets/app.env", SOPS_DOTENV)
+    write(tmp_path, "stacks/app/.env", "FROM_ENV_FILE=1\n")
+    write(
+        tmp_path,
+        "stacks/app/compose.yaml",
+        "x-deployer:\n  secrets: [secrets/app.env]\n"
+        "services:\n  app:\n    image: x\n    environment:\n"
+        "      A: ${DB_PASSWORD}\n      B: ${FROM_ENV_FILE}\n      C: ${WITH_DEFAULT:-x}\n"
+        "      D: ${MISSING_KEY}\n      E: ${ALSO_MISSING:?needed}\n      F: $$LITERAL\n      G: $HOME\n",
+    )
+    with pytest.raises(CatalogError) as caught:
+        load_catalog(tmp_path)
+    assert caught.value.details == (
+        "stacks/app/compose.yaml: ${ALSO_MISSING} has no default and is not a key of secrets/app.env"
+        " or the stack's .env",
+        "stacks/app/compose.yaml: ${MISSING_KEY} has no default and is not a key of secrets/app.env"
+        " or the stack's .env",
+    )
+
+
+def test_directory_paths_may_use_variables_with_defaults(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "stacks/app/compose.yaml",
+        'x-deployer:\n  directories:\n    - {path: "${DATA_ROOT:-/mnt/data}/app", mode: "0750"}\n'
+        "services:\n  app:\n    image: x\n",
+    )
+    [directory] = load_catalog(tmp_path)["app"].directories
+    assert directory.path == "${DATA_ROOT:-/mnt/data}/app"
+    write(tmp_path, "stacks/app/compose.yaml",
+          "x-deployer:\n  directories: [\"${DATA_ROOT}/app\"]\nservices:\n  app:\n    image: x\n")  # fmt: skip
+    with pytest.raises(CatalogError, match=r"x-deployer\.directories\[0\]\.path"):
+        load_catalog(tmp_path)

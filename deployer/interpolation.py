@@ -1,0 +1,75 @@
+"""Compose-style variable interpolation, for the places deployer reads variables itself.
+
+Compose interpolates the compose file; deployer needs the same rules for `x-deployer.directories`
+paths (`${DATA_ROOT:-/mnt/data}/postgres`) and to tell which variables a stack needs from its secrets.
+Supported forms: `$VAR`, `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?message}`,
+`${VAR?message}`, `${VAR:+alt}`, `${VAR+alt}`; `$$` is a literal dollar.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+__all__ = ["Reference", "interpolate", "read_dotenv", "references"]
+
+_PATTERN = re.compile(
+    r"\$(?:(?P<escaped>\$)|(?P<bare>[A-Za-z_][A-Za-z0-9_]*)"
+    r"|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\})"
+)
+
+
+@dataclass(frozen=True)
+class Reference:
+    name: str
+    required: bool  # no default: the value must come from somewhere
+
+
+def references(text: str) -> Iterator[Reference]:
+    """Every variable `text` refers to; `required` unless the form supplies a default or alternative."""
+    for match in _PATTERN.finditer(text):
+        if match["escaped"]:
+            continue
+        name = match["bare"] or match["name"]
+        op = match["op"] or ""
+        yield Reference(name, required=op not in (":-", "-", ":+", "+"))
+
+
+def interpolate(text: str, env: Mapping[str, str]) -> str:
+    """Substitute variables from `env` as compose does; a missing required variable becomes ''.
+
+    Raises KeyError naming a `${VAR:?message}` variable that is unset (or empty, with the colon).
+    """
+
+    def replace(match: re.Match[str]) -> str:
+        if match["escaped"]:
+            return "$"
+        name = match["bare"] or match["name"]
+        op, arg = match["op"] or "", match["arg"] or ""
+        value = env.get(name)
+        unset_or_empty = value is None or (op.startswith(":") and value == "")
+        if op in (":-", "-"):
+            return arg if unset_or_empty else str(value)
+        if op in (":+", "+"):
+            return "" if unset_or_empty else arg
+        if op in (":?", "?") and unset_or_empty:
+            raise KeyError(f"{name}: {arg or 'required'}")
+        return value or ""
+
+    return _PATTERN.sub(replace, text)
+
+
+def read_dotenv(text: str) -> dict[str, str]:
+    """KEY=VALUE lines of a compose `.env` file (comments, blank lines and `export ` allowed; quotes removed)."""
+    values = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, value = line.removeprefix("export ").split("=", 1)
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values

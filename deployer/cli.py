@@ -13,12 +13,14 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from deployer import __version__
 from deployer.console import ConsoleProgress, format_plan, format_summary, table
 from deployer.errors import ConfigError, DeployerError, PlanError
 from deployer.model import Plan
+from deployer.runner import SubprocessRunner
+from deployer.secrets_ops import check, decrypt, edit, encrypt, rotate, secret_files
 from deployer.settings import Settings
 from deployer.state import StateStore
 
@@ -68,6 +70,22 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("validate", help="check every stack and secret in a working tree")
     check.add_argument("--repo", default=".", metavar="PATH", help="working tree to check (default: .)")
     check.set_defaults(handler=_validate)
+
+    secrets = commands.add_parser("secrets", help="encrypt, decrypt, edit, check and rotate SOPS files")
+    secrets.add_argument("--repo", default=".", metavar="PATH", help="repository root (default: .)")
+    actions = secrets.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, text in (
+        ("encrypt", "encrypt plaintext files in place to the recipients .sops.yaml names"),
+        ("edit", "edit one encrypted file in $EDITOR (sops edit)"),
+        ("rotate", "re-encrypt to the current recipients with a new data key (default: every file in secrets/)"),
+    ):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("files", nargs="+" if name != "rotate" else "*", metavar="FILE")
+    decrypt = actions.add_parser("decrypt", help="print a file's plaintext (to stdout; nothing is written)")
+    decrypt.add_argument("files", nargs=1, metavar="FILE")
+    check = actions.add_parser("check", help="fail on any plaintext file or value (no key needed; pre-commit hook)")
+    check.add_argument("files", nargs="*", metavar="PATH", help="files or folders (default: secrets/)")
+    secrets.set_defaults(handler=_secrets)
 
     status = commands.add_parser("status", help="last deployments and each stack's deployed commit")
     status.add_argument("deployment", nargs="?", metavar="DEPLOYMENT", help="show one deployment, with compose output")
@@ -170,6 +188,38 @@ def _validate(args: argparse.Namespace, settings: Settings) -> int:
     catalog = validate_tree(deps, Path(args.repo))
     print(f"ok: {len(catalog)} stacks valid in {Path(args.repo).resolve() / settings.stacks_dir}")
     return 0
+
+
+def _secrets(args: argparse.Namespace, settings: Settings) -> int:
+    root = Path(args.repo).resolve()
+    runner = SubprocessRunner()
+    env = dict(settings.sops_env)
+    files = [_in_repo(root, name) for name in args.files]
+    if args.action == "check":
+        checked = secret_files(root, args.files or ["secrets"])
+        problems = check(root, checked)
+        for line in problems:
+            print(f"deployer: error: {line}", file=sys.stderr)
+        if problems:
+            return 2
+        print(f"ok: {len(checked)} secret files, every value encrypted")
+        return 0
+    if args.action == "decrypt":
+        sys.stdout.write(decrypt(root, files[0], runner=runner, env=env))
+        return 0
+    if args.action == "edit":
+        return edit(root, files[0], runner=runner, env=env)
+    operation = encrypt if args.action == "encrypt" else rotate
+    for path in files or secret_files(root):
+        operation(root, path, runner=runner, env=env)
+        print(f"{args.action}ed {path}" if args.action == "encrypt" else f"rotated {path}")
+    return 0
+
+
+def _in_repo(root: Path, name: str) -> PurePosixPath:
+    """A file argument as a repository path: relative names are relative to the repository root."""
+    path = Path(name)
+    return PurePosixPath(os.path.relpath(path.resolve(), root) if path.is_absolute() else path)
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:

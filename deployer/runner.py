@@ -43,6 +43,10 @@ class CommandRunner(Protocol):
         """Run argv with exactly `env` as its environment; never raise for a non-zero exit."""
         ...
 
+    def interactive(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path | None = None) -> int:
+        """Run argv attached to this terminal (an editor); return its exit code."""
+        ...
+
 
 class SubprocessRunner:
     """Runs commands as local child processes with an explicit environment."""
@@ -74,6 +78,12 @@ class SubprocessRunner:
             err = _text(expired.stderr) + f"\n{argv[0]}: timed out after {timeout:.0f}s"
             return Completed(tuple(argv), 124, out, err, time.monotonic() - started)
         return Completed(tuple(argv), proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
+
+    def interactive(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path | None = None) -> int:
+        try:
+            return subprocess.run(list(argv), env=dict(env), cwd=cwd, check=False).returncode
+        except FileNotFoundError:
+            return 127
 
 
 def _text(data: str | bytes | None) -> str:

@@ -39,6 +39,10 @@ _SOPS_PASSTHROUGH = (
     "SOPS_AGE_KEY",
     "SOPS_AGE_KEY_CMD",
     "SOPS_AGE_SSH_PRIVATE_KEY_FILE",
+    "SOPS_AGE_RECIPIENTS",
+    "EDITOR",
+    "SOPS_EDITOR",
+    "TERM",
 )
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}

@@ -86,8 +86,11 @@ def test_validate_runs_compose_config_with_placeholder_secrets(repo: ConfigRepo,
 
 
 @pytest.mark.usefixtures("engine")
-def test_validate_passes_on_this_repository(tmp_path: Path) -> None:
-    result = deployer(tmp_path, None, "validate", "--repo", str(ROOT))
+@pytest.mark.parametrize("stacks_dir", ["stacks", "examples/stacks"])
+def test_validate_passes_on_this_repository(tmp_path: Path, stacks_dir: str) -> None:
+    env = tool_environ(tmp_path, None, DEPLOYER_STACKS_DIR=stacks_dir)
+    result = subprocess.run(["deployer", "validate", "--repo", str(ROOT)], capture_output=True, text=True, env=env,
+                            timeout=300, check=False)  # fmt: skip
     assert result.returncode == 0, result.stderr
 
 

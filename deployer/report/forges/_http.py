@@ -7,7 +7,9 @@ from typing import Any
 
 import requests
 
-__all__ = ["TIMEOUT", "GiveUp", "Retry", "post_json"]
+from deployer.model import CommitStatus, StatusState
+
+__all__ = ["TIMEOUT", "GiveUp", "Retry", "check", "post_json", "status_body"]
 
 TIMEOUT = 10.0
 
@@ -37,3 +39,11 @@ def check(response: requests.Response) -> None:
     """Raise GiveUp for any non-2xx left after post_json's verdict."""
     if not response.ok:
         raise GiveUp(f"HTTP {response.status_code}: {response.text[:200]}")
+
+
+def status_body(status: CommitStatus, states: Mapping[StatusState, str], *, context_key: str) -> dict[str, str]:
+    """The JSON every forge's status endpoint takes, with the forge's own state name and context key."""
+    body = {"state": states[StatusState(status.state)], context_key: status.context, "description": status.description}
+    if status.target_url:
+        body["target_url"] = status.target_url
+    return body

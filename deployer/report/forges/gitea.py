@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import requests
 
-from deployer.model import CommitStatus, StatusState
-from deployer.report.forges._http import check, post_json
+from deployer.model import CommitStatus
+from deployer.report.forges._http import check, post_json, status_body
 from deployer.report.forges.github import STATES
 
 
@@ -16,7 +16,5 @@ def post(session: requests.Session, api_url: str, repo: str, token: str | None, 
     headers = {"Accept": "application/json"}
     if token:
         headers["Authorization"] = f"token {token}"
-    body = {"state": STATES[StatusState(status.state)], "context": status.context, "description": status.description}
-    if status.target_url:
-        body["target_url"] = status.target_url
+    body = status_body(status, STATES, context_key="context")
     check(post_json(session, f"{api_url.rstrip('/')}/repos/{repo}/statuses/{status.sha}", headers=headers, body=body))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import requests
 
 from deployer.model import CommitStatus, StatusState
-from deployer.report.forges._http import check, post_json
+from deployer.report.forges._http import check, post_json, status_body
 
 STATES = {
     StatusState.PENDING: "pending",
@@ -21,7 +21,5 @@ def post(session: requests.Session, api_url: str, repo: str, token: str | None, 
     headers = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    body = {"state": STATES[StatusState(status.state)], "context": status.context, "description": status.description}
-    if status.target_url:
-        body["target_url"] = status.target_url
+    body = status_body(status, STATES, context_key="context")
     check(post_json(session, f"{api_url.rstrip('/')}/repos/{repo}/statuses/{status.sha}", headers=headers, body=body))

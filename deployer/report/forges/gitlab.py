@@ -12,7 +12,7 @@ import urllib.parse
 import requests
 
 from deployer.model import CommitStatus, StatusState
-from deployer.report.forges._http import check, post_json
+from deployer.report.forges._http import check, post_json, status_body
 
 STATES = {
     StatusState.PENDING: "pending",
@@ -29,9 +29,7 @@ def post(session: requests.Session, api_url: str, repo: str, token: str | None, 
     if token:
         headers["PRIVATE-TOKEN"] = token
     project = urllib.parse.quote(repo, safe="")
-    body = {"state": STATES[StatusState(status.state)], "name": status.context, "description": status.description}
-    if status.target_url:
-        body["target_url"] = status.target_url
+    body = status_body(status, STATES, context_key="name")
     response = post_json(session, f"{api_url.rstrip('/')}/projects/{project}/statuses/{status.sha}",
                          headers=headers, body=body)  # fmt: skip
     if response.status_code == 400 and "Cannot transition status" in response.text:

@@ -27,7 +27,7 @@ class Mirror:
     """A bare mirror of `url` at `path`, created on first use."""
 
     def __init__(self, path: Path, url: str) -> None:
-        self.path = path
+        self.path = path.resolve()
         self.url = _absolute(url)
         self._repo: git.Repo | None = None
         # `worktree add` and `worktree prune` edit the mirror's shared worktree list: one at a time.
@@ -112,6 +112,7 @@ class Mirror:
         Tracked files are forced to the commit (local edits are discarded, deleted files removed).
         Untracked files are kept: a container may keep data in a bind mount inside its stack folder.
         """
+        path = path.resolve()  # git runs inside the mirror: a relative path would land there
         try:
             if (path / ".git").exists():
                 worktree = git.Repo(path)
@@ -128,7 +129,7 @@ class Mirror:
     @contextmanager
     def temporary_checkout(self, sha: str, scratch: Path) -> Iterator[Path]:
         """A throw-away worktree at `sha` under `scratch`, removed on exit."""
-        path = scratch / f"checkout-{uuid.uuid4().hex[:8]}"
+        path = scratch.resolve() / f"checkout-{uuid.uuid4().hex[:8]}"
         self.checkout(sha, path)
         try:
             yield path

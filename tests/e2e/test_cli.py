@@ -156,3 +156,17 @@ def test_help_for_every_command() -> None:
                                 env={**os.environ})  # fmt: skip
         assert result.returncode == 0
         assert "usage: deployer" in result.stdout
+
+
+@pytest.mark.usefixtures("engine")
+def test_a_relative_state_dir_works_from_any_folder(repo: ConfigRepo, prefix: str, tmp_path: Path) -> None:
+    repo.stack(f"{prefix}-a")
+    repo.commit()
+    work = tmp_path / "cwd"
+    work.mkdir()
+    env = tool_environ(tmp_path, None, DEPLOYER_STATE_DIR=".deployer")
+    result = subprocess.run(["deployer", "deploy", "--repo", repo.url], capture_output=True, text=True, env=env,
+                            cwd=work, timeout=300, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"{prefix}-a" in result.stdout
+    assert (work / ".deployer" / "stacks" / f"{prefix}-a" / "stacks" / f"{prefix}-a" / "compose.yaml").is_file()

@@ -121,10 +121,11 @@ def format_plan(plan: Plan) -> str:
 
 def format_summary(outcome: Outcome) -> str:
     lines = []
+    in_order = sorted(outcome.results, key=lambda r: (r.started_at is None, r.started_at or 0.0))
     if outcome.results:
         rows = [
             [r.name, r.action, r.state, "" if r.duration is None else f"{r.duration:.1f}s", r.error or ""]
-            for r in outcome.results
+            for r in in_order
         ]
         lines.append(table(["STACK", "ACTION", "RESULT", "TIME", "DETAIL"], rows))
     for result in outcome.results:

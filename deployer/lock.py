@@ -10,7 +10,7 @@ from pathlib import Path
 
 from deployer.errors import BusyError
 
-__all__ = ["deploy_lock"]
+__all__ = ["deploy_lock", "plan_lock"]
 
 
 @contextmanager
@@ -24,6 +24,18 @@ def deploy_lock(state_dir: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise BusyError(f"another deployment is running (lock {path} is held)") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def plan_lock(state_dir: Path) -> Iterator[None]:
+    """Hold the planning tree's lock, waiting for another `deployer plan` to finish with it."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_dir / "plan.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)

@@ -15,7 +15,7 @@ from typing import Protocol
 from deployer.apply import ComposeBackend, StackBackend, decrypt_files, run_stacks
 from deployer.errors import DeployerError
 from deployer.fetch import Mirror
-from deployer.lock import deploy_lock
+from deployer.lock import deploy_lock, plan_lock
 from deployer.model import (
     Action,
     Catalog,
@@ -85,8 +85,9 @@ class Deps:
         return Mirror(self.settings.state_dir / "mirror.git", repo_url)
 
     @property
-    def scratch(self) -> Path:
-        return self.settings.state_dir / "tmp"
+    def checkouts(self) -> Path:
+        """deployer's own planning trees (stacks run from their own worktrees under stacks/)."""
+        return self.settings.state_dir / "checkouts"
 
 
 @dataclass(frozen=True)
@@ -148,20 +149,19 @@ def _deploy_locked(deps: Deps, deployment_id: str, request: Request, progress: P
     mirror = deps.mirror(request.repo_url)
     mirror.sync()
     target = mirror.resolve(request.ref)
-    with mirror.temporary_checkout(target, deps.scratch) as tree:
-        # 3. Plan against each stack's last good commit, in a clean checkout of the target.
-        try:
-            plan, catalog = _plan(deps, mirror, tree, target=target, requested=request.stacks)
-        except DeployerError as error:
-            return Outcome(deployment_id, target, error=error.message, error_code=error.code, exit_code=2)
-        deps.store.start_deployment(deployment_id, plan, depends_on={n: catalog[n].depends_on for n in catalog})
-        deps.journal.record("deployment.started", deployment_id=deployment_id, commit=target,
-                            trigger=request.trigger, actor=request.actor,
-                            stacks=[s.name for s in plan.runnable])  # fmt: skip
-        progress.phase(_describe(plan))
-        progress.planned(plan)
-        # 4. Preflight: every input of every deploying stack is proven good before anything changes.
-        prepared = _preflight(deps, deployment_id, plan, catalog=catalog, tree=tree, progress=progress)
+    # 3. Plan against each stack's last good commit, in a clean checkout of the target.
+    tree = mirror.clean_checkout(target, deps.checkouts / "deploy")
+    try:
+        plan, catalog = _plan(deps, mirror, tree, target=target, requested=request.stacks)
+    except DeployerError as error:
+        return Outcome(deployment_id, target, error=error.message, error_code=error.code, exit_code=2)
+    deps.store.start_deployment(deployment_id, plan, depends_on={n: catalog[n].depends_on for n in catalog})
+    deps.journal.record("deployment.started", deployment_id=deployment_id, commit=target, trigger=request.trigger,
+                        actor=request.actor, stacks=[s.name for s in plan.runnable])  # fmt: skip
+    progress.phase(_describe(plan))
+    progress.planned(plan)
+    # 4. Preflight: every input of every deploying stack is proven good before anything changes.
+    prepared = _preflight(deps, deployment_id, plan, catalog=catalog, tree=tree, progress=progress)
     if isinstance(prepared, Outcome):
         return prepared
     # 5. Apply: removals, then deploys in dependency order, recording each result as it lands.
@@ -193,8 +193,8 @@ def plan_between(deps: Deps, *, repo_url: str, base: str | None, target_ref: str
     target = mirror.resolve(target_ref)
     base_sha = mirror.resolve(base) if base else None
     stacks_dir = deps.settings.stacks_dir
-    with mirror.temporary_checkout(target, deps.scratch) as tree:
-        catalog = load_catalog(tree, stacks_dir=stacks_dir)
+    with plan_lock(deps.settings.state_dir):
+        catalog = load_catalog(mirror.clean_checkout(target, deps.checkouts / "plan"), stacks_dir=stacks_dir)
     previous = stack_names_in(mirror.files(base_sha, stacks_dir), stacks_dir=stacks_dir) if base_sha else ()
     deployed = {name: base_sha for name in previous if base_sha}
     changes = {base_sha: mirror.changed_paths(base_sha, target)} if base_sha else {}

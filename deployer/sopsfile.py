@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-import yaml
+from deployer.yamlio import YAMLError, safe_load
 
 __all__ = ["FORMATS", "SopsFile", "read_sops_file"]
 
@@ -44,8 +44,8 @@ def read_sops_file(path: PurePosixPath, text: str) -> SopsFile | None:
     if kind == "dotenv":
         return _dotenv(text)
     try:
-        document = yaml.safe_load(text) if kind == "yaml" else json.loads(text)
-    except (yaml.YAMLError, ValueError):
+        document = safe_load(text) if kind == "yaml" else json.loads(text)
+    except (YAMLError, ValueError):
         return SopsFile(keys=(), encrypted=False, in_clear=())
     if not isinstance(document, dict):
         return SopsFile(keys=(), encrypted=False, in_clear=())

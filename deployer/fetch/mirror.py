@@ -7,11 +7,7 @@ is a worktree of its own mirror, forced to one commit.
 from __future__ import annotations
 
 import re
-import shutil
 import threading
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 import git
@@ -94,11 +90,14 @@ class Mirror:
 
         Renames count as a deletion and an addition, so both the old and the new path show.
         """
-        if not self.has_commit(base):
-            return None
         if base == target:
             return frozenset()
-        out = self.repo.git.diff("--name-only", "-z", "--no-renames", base, target, "--")
+        try:
+            out = self.repo.git.diff("--name-only", "-z", "--no-renames", base, target, "--")
+        except git.GitCommandError as error:
+            if not self.has_commit(base):
+                return None
+            raise FetchError(f"cannot diff {base[:12]}..{target[:12]}: {_git_error(error)}") from error
         return frozenset(p for p in out.split("\0") if p)
 
     def files(self, sha: str, under: PurePosixPath) -> list[PurePosixPath]:
@@ -126,17 +125,18 @@ class Mirror:
             raise FetchError(f"cannot check out {sha[:12]} into {path}: {_git_error(error)}") from error
         return path
 
-    @contextmanager
-    def temporary_checkout(self, sha: str, scratch: Path) -> Iterator[Path]:
-        """A throw-away worktree at `sha` under `scratch`, removed on exit."""
-        path = scratch.resolve() / f"checkout-{uuid.uuid4().hex[:8]}"
+    def clean_checkout(self, sha: str, path: Path) -> Path:
+        """Make `path` exactly the tree of `sha`: tracked files forced, everything else removed.
+
+        For deployer's own planning trees, where nothing but git writes: moving one worktree is
+        far cheaper than creating a new one per deployment (a full checkout).
+        """
         self.checkout(sha, path)
         try:
-            yield path
-        finally:
-            shutil.rmtree(path, ignore_errors=True)
-            with self._worktrees:
-                self.repo.git.worktree("prune")
+            git.Repo(path.resolve()).git.clean("-ffdx", "--quiet")
+        except git.GitCommandError as error:
+            raise FetchError(f"cannot clean {path}: {_git_error(error)}") from error
+        return path
 
 
 def redact_url(url: str) -> str:

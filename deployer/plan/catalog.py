@@ -13,13 +13,12 @@ from graphlib import CycleError, TopologicalSorter
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import yaml
-
 from deployer.interpolation import read_dotenv, references
 from deployer.model import Catalog, Stack
 from deployer.plan.fields import STACK_NAME, Fields, Problems, inside, safe_repo_path, secret_format
 from deployer.settings import DOCKER_PASSTHROUGH
 from deployer.sopsfile import read_sops_file
+from deployer.yamlio import YAMLError, safe_load
 
 __all__ = ["COMPOSE_FILE_NAMES", "load_catalog", "secret_format"]
 
@@ -87,8 +86,8 @@ def _load_stack(root: Path, folder: Path, known: frozenset[str], problems: Probl
     rel_compose = rel_folder / compose.name
     _check_symlinks(root, folder, problems)
     try:
-        document = yaml.safe_load(compose.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        document = safe_load(compose.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, YAMLError) as error:
         problems.add(rel_compose, None, f"cannot be read as YAML: {_one_line(error)}")
         return None
     if not isinstance(document, dict):

@@ -97,11 +97,19 @@ def test_checkout_forces_the_exact_commit_and_keeps_untracked_data(
     assert (worktree / "stacks/web/data/db").read_text() == "container data\n"
 
 
-def test_temporary_checkout_is_removed(mirror: Mirror, source: ConfigRepo, tmp_path: Path) -> None:
-    with mirror.temporary_checkout(source.head(), tmp_path / "scratch") as tree:
-        assert (tree / "README.md").read_text() == "hello\n"
-    assert not tree.exists()
-    assert "checkout-" not in git(mirror.path, "worktree", "list")
+def test_clean_checkout_is_exactly_the_commit(mirror: Mirror, source: ConfigRepo, tmp_path: Path) -> None:
+    first = source.head()
+    source.write("stacks/web/extra.conf", "v2\n")
+    second = source.commit("second")
+    mirror.sync()
+    tree = mirror.clean_checkout(second, tmp_path / "plan")
+    (tree / "stray.txt").write_text("left by someone\n")
+    (tree / "README.md").write_text("edited\n")
+    assert mirror.clean_checkout(first, tree) == tree
+    assert git(tree, "rev-parse", "HEAD") == first
+    assert not (tree / "stray.txt").exists()
+    assert not (tree / "stacks/web/extra.conf").exists()
+    assert (tree / "README.md").read_text() == "hello\n"
 
 
 def test_files_lists_a_commits_tree(mirror: Mirror, source: ConfigRepo) -> None:

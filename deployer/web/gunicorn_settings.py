@@ -9,7 +9,7 @@ __all__ = ["gunicorn_options"]
 #: web worker processes; each has its own state-store connection, and none of them deploys
 WORKERS = 2
 #: threads per web worker (gthread): a webhook is answered in milliseconds, so a few go a long way
-THREADS = 8
+THREADS = 16
 
 
 def gunicorn_options(*, bind: str, workers: int = WORKERS) -> dict[str, Any]:

@@ -30,7 +30,7 @@ class Service:
     @classmethod
     def build(cls, settings: Settings) -> Service:
         store = StateStore(settings.state_dir / "state.db")
-        return cls(settings, store, Queue(store), Journal(settings.state_dir / "audit.jsonl"))
+        return cls(settings, store, Queue(store), Journal(settings.state_dir / "audit.jsonl", fsync=False))
 
     def attach(self, app: Flask) -> None:
         app.extensions[_KEY] = self

@@ -93,6 +93,16 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 
+#: columns added since the first schema: an older state.db gains them when opened (with their defaults)
+_ADDED_COLUMNS = (
+    ("deployments", "forge_repo", "TEXT"),
+    ("deployments", "forge_api_url", "TEXT"),
+    ("deployments", "superseded_by", "TEXT"),
+    ("deployment_stacks", "depends_on", "TEXT NOT NULL DEFAULT '[]'"),
+    ("stacks", "depends_on", "TEXT NOT NULL DEFAULT '[]'"),
+)
+
+
 @dataclass(frozen=True)
 class StackRecord:
     name: str
@@ -124,8 +134,15 @@ class StateStore:
         fcntl.flock(self._write_lock, fcntl.LOCK_EX)
         try:
             self._db.executescript(_SCHEMA)
+            self._add_missing_columns()
         finally:
             fcntl.flock(self._write_lock, fcntl.LOCK_UN)
+
+    def _add_missing_columns(self) -> None:
+        for table, column, declaration in _ADDED_COLUMNS:
+            present = {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
         self._db.close()

@@ -1,0 +1,59 @@
+"""The SQLite state store on disk: upgrades of an older database, and writers from several processes."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from deployer.model import Action, Plan, PlannedStack, StackResult, StackState
+from deployer.state import StateStore
+
+# The schema of the first release (before the service added columns).
+FIRST_SCHEMA = """
+CREATE TABLE deployments (id TEXT PRIMARY KEY, commit_sha TEXT, ref TEXT NOT NULL, trigger TEXT NOT NULL,
+    actor TEXT, state TEXT NOT NULL, created_at TEXT NOT NULL, started_at TEXT, finished_at TEXT, error TEXT,
+    error_code TEXT);
+CREATE TABLE deployment_stacks (deployment_id TEXT NOT NULL REFERENCES deployments(id), position INTEGER NOT NULL,
+    name TEXT NOT NULL, action TEXT NOT NULL, reasons TEXT NOT NULL, state TEXT NOT NULL, reason TEXT,
+    started_at TEXT, finished_at TEXT, error TEXT, output TEXT, PRIMARY KEY (deployment_id, name));
+CREATE TABLE stacks (name TEXT PRIMARY KEY, last_good_commit TEXT NOT NULL, deployed_at TEXT NOT NULL,
+    deployment_id TEXT NOT NULL);
+INSERT INTO stacks VALUES ('web', 'a', '2026-01-01T00:00:00.000Z', 'old');
+"""
+
+
+def test_an_older_state_database_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(FIRST_SCHEMA)
+    store = StateStore(path)
+    assert store.last_good() == {"web": "a"}
+    deployment_id = store.create_deployment(ref="main", trigger="cli", actor=None)
+    plan = Plan(target="b" * 40, base=None, stacks=(PlannedStack("web", Action.DEPLOY, ("x",)),), order=(("web",),))
+    store.start_deployment(deployment_id, plan, depends_on={"web": ("db",)})
+    store.record_stack(deployment_id, StackResult("web", Action.DEPLOY, StackState.SUCCEEDED, started_at=1.0,
+                                                  finished_at=2.0), commit="b" * 40)  # fmt: skip
+    assert store.last_good() == {"web": "b" * 40}
+    assert [s.depends_on for s in store.stacks()] == [("db",)]
+
+
+WRITER = """
+import sys
+from deployer.state import StateStore
+store = StateStore(__import__("pathlib").Path(sys.argv[1]))
+for _ in range(200):
+    store.create_deployment(ref="main", trigger="cli", actor=sys.argv[2])
+"""
+
+
+def test_writers_in_several_processes_all_land(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    StateStore(path)
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(n)]) for n in range(3)]
+    assert [w.wait(timeout=120) for w in writers] == [0, 0, 0]
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT actor, COUNT(*) FROM deployments GROUP BY actor").fetchall() == [
+            ("0", 200), ("1", 200), ("2", 200),
+        ]  # fmt: skip

@@ -1082,7 +1082,7 @@ def report_burst(args: argparse.Namespace, data: Mapping[str, Any], quiet: Quiet
         for i, r in enumerate(runs)
     ]  # fmt: skip
     summary = [
-        ["deployments that ran per burst", c.fmt([r["deployments_ran"] for r in runs], "", digits=0)],
+        ["deployments that ran per burst", c.fmt([r["deployments_ran"] for r in runs], "deployments", digits=0)],
         ["one deployment's duration (started -> finished)", c.fmt([t for r in runs for t in r["ran_seconds"]])],
         ["last push -> the last commit's deployment finished",
          c.fmt([r["last_commit_deployed_after_last_push"] for r in runs])],

@@ -11,8 +11,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
-__all__ = ["Reference", "interpolate", "read_dotenv", "references"]
+__all__ = ["Reference", "interpolate", "read_dotenv", "references", "stack_env_file"]
 
 _PATTERN = re.compile(
     r"\$(?:(?P<escaped>\$)|(?P<bare>[A-Za-z_][A-Za-z0-9_]*)"
@@ -73,3 +74,9 @@ def read_dotenv(text: str) -> dict[str, str]:
             value = value[1:-1]
         values[key.strip()] = value
     return values
+
+
+def stack_env_file(folder: Path) -> dict[str, str]:
+    """A stack's own `.env` (compose reads it for interpolation from the project directory); {} if none."""
+    path = folder / ".env"
+    return read_dotenv(path.read_text(encoding="utf-8", errors="replace")) if path.is_file() else {}

@@ -18,7 +18,7 @@ import time
 import requests
 
 from deployer.errors import DeployerError
-from deployer.model import Outcome, Plan, StackResult, StatusTarget, new_deployment_id
+from deployer.model import Outcome, Plan, StatusTarget, new_deployment_id
 from deployer.pipeline import Deps, Request, SilentProgress, branch_head, deploy, is_ancestor
 from deployer.queue import Claim, Queue, Undelivered
 from deployer.report.forges import POSTERS, GiveUp, Retry
@@ -178,6 +178,3 @@ class _RunningStatus(SilentProgress):
         url = target_url(self.worker.deps.settings, self.claim.deployment_id)
         status = describe_running(self.claim.commit, [s.name for s in plan.runnable], target_url=url)
         self.worker.queue.add_statuses(self.claim.deployment_id, self.target, [status])
-
-    def stack(self, result: StackResult) -> None:
-        pass

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from deployer.apply import ComposeBackend, StackBackend, decrypt_files, run_stacks
-from deployer.errors import DeployerError
+from deployer.errors import DeployerError, SecretError
 from deployer.fetch import Mirror
 from deployer.lock import deploy_lock, plan_lock
 from deployer.model import (
@@ -250,7 +250,7 @@ def _preflight(
             env = decrypt_files(stack.secrets, repo_root=tree, runner=deps.runner, env=deps.settings.sops_env)
             deps.backend.check(stack, workdir=tree, env=env)
         except DeployerError as error:
-            reason = Reason.SECRET_DECRYPT_FAILED if error.code == "secret_decrypt_failed" else Reason.COMPOSE_INVALID
+            reason = Reason.SECRET_DECRYPT_FAILED if isinstance(error, SecretError) else Reason.COMPOSE_INVALID
             now = time.time()
             return StackResult(name, Action.DEPLOY, StackState.FAILED, reason=reason, error=error.message,
                                started_at=now, finished_at=now)  # fmt: skip

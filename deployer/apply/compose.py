@@ -15,7 +15,7 @@ from typing import Protocol
 
 from deployer.apply.secrets import redact
 from deployer.errors import ComposeError, ComposeInvalidError, HealthCheckError
-from deployer.interpolation import interpolate, read_dotenv
+from deployer.interpolation import interpolate, stack_env_file
 from deployer.model import Directory, Stack, StackName
 from deployer.runner import CommandRunner, Completed
 
@@ -82,7 +82,7 @@ class ComposeBackend:
     def up(self, stack: Stack, *, workdir: Path, env: Mapping[str, str]) -> str:
         for network in stack.networks:
             self._ensure_network(stack, network)
-        variables = {**_stack_dotenv(workdir / stack.folder), **env}
+        variables = {**stack_env_file(workdir / stack.folder), **env}
         for directory in stack.directories:
             _ensure_directory(stack, directory, variables)
         timeout = stack.wait_timeout + _UP_GRACE if stack.wait_timeout else 30 * 60
@@ -120,11 +120,6 @@ class ComposeBackend:
         )
         if not created.ok and "already exists" not in created.stderr:
             raise ComposeError(f"{stack.compose_file}: cannot create network {name}: {_last_line(created, {})}")
-
-
-def _stack_dotenv(folder: Path) -> dict[str, str]:
-    path = folder / ".env"
-    return read_dotenv(path.read_text(encoding="utf-8", errors="replace")) if path.is_file() else {}
 
 
 def _ensure_directory(stack: Stack, directory: Directory, variables: Mapping[str, str]) -> None:

@@ -13,7 +13,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from graphlib import TopologicalSorter
 
-from deployer.errors import ComposeError, DeployerError, HealthCheckError, SecretError
+from deployer.errors import DeployerError, HealthCheckError, SecretError
 from deployer.model import PlannedStack, Reason, StackName, StackResult, StackState
 
 __all__ = ["Work", "reason_for", "run_stacks"]
@@ -72,8 +72,6 @@ def reason_for(error: BaseException) -> Reason:
         return Reason.HEALTH_CHECK_FAILED
     if isinstance(error, SecretError):
         return Reason.SECRET_DECRYPT_FAILED
-    if isinstance(error, ComposeError):
-        return Reason.COMPOSE_FAILED
     return Reason.COMPOSE_FAILED
 
 

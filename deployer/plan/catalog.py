@@ -13,7 +13,7 @@ from graphlib import CycleError, TopologicalSorter
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from deployer.interpolation import read_dotenv, references
+from deployer.interpolation import references, stack_env_file
 from deployer.model import Catalog, Stack
 from deployer.plan.fields import STACK_NAME, Fields, Problems, inside, safe_repo_path, secret_format
 from deployer.settings import DOCKER_PASSTHROUGH
@@ -99,7 +99,7 @@ def _load_stack(root: Path, folder: Path, known: frozenset[str], problems: Probl
         return None
     for key in sorted(set(block) - KNOWN_KEYS):
         problems.add(rel_compose, f"x-deployer.{key}", f"unknown key (known: {', '.join(sorted(KNOWN_KEYS))})")
-    dotenv = _stack_dotenv(folder)
+    dotenv = stack_env_file(folder)
     fields = Fields(root, rel_compose, block, problems, dotenv=dotenv)
     secrets = fields.repo_paths("secrets", must_exist=True)
     secret_keys = {
@@ -122,12 +122,6 @@ def _load_stack(root: Path, folder: Path, known: frozenset[str], problems: Probl
     provided = fields.secret_keys | set(dotenv) | set(DOCKER_PASSTHROUGH)
     _check_variables(rel_compose, {k: v for k, v in document.items() if k != "x-deployer"}, provided, secrets, problems)
     return stack
-
-
-def _stack_dotenv(folder: Path) -> dict[str, str]:
-    """The stack's own `.env` (compose reads it for interpolation from the project directory)."""
-    path = folder / ".env"
-    return read_dotenv(path.read_text(encoding="utf-8", errors="replace")) if path.is_file() else {}
 
 
 def _check_variables(

@@ -3,10 +3,11 @@
 Subcommands (default `all`: the three in turn, each writing its own section of docs/benchmarks.md):
   ack     50 concurrent senders (benchmarks/_loadgen.py, its own process) of signed GitHub push deliveries
           on loopback, N runs of each, interleaved: ours = gunicorn with deploy/gunicorn.conf.py (what
-          `deployer serve` runs: 2 gthread web workers), WITHOUT the deploy worker; baseline = adnanh/webhook
+          `deployer serve` runs: 2 sync web workers), WITHOUT the deploy worker; baseline = adnanh/webhook
           (Debian package `webhook`) whose hook checks the same HMAC-SHA256 and runs /bin/true without waiting.
           Targets: p99 acknowledgement <= 50 ms; ours >= 0.5 x the baseline's accepted deliveries per second.
-          Diagnostics: one run of the complete `deployer serve`, what-ifs, per-request costs, a py-spy profile.
+          Diagnostics: one run of the complete `deployer serve`, what-ifs (gthread workers among them),
+          per-request costs, a py-spy profile.
   burst   50 pushes in 5 s against the complete `deployer serve` deploying a real config repository
           (three busybox stacks), statuses to a forge stand-in (tests/servers.py). Targets: <= 3 deployments,
           the last commit deployed, a final `deployer` status on all 50 commits.
@@ -35,7 +36,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,9 @@ IDLE_SECONDS = 10.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 FINISHED = ("succeeded", "failed", "superseded")
 PROFILE_HZ = 100
+#: the web workers before they became gunicorn's sync workers: gthread, this many threads each
+GTHREAD_THREADS = 16
+GTHREAD_LABEL = f"ours, `gthread` workers x {GTHREAD_THREADS} threads (the earlier setting)"
 SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
 
 
@@ -250,12 +254,16 @@ def answering(proc: Proc, base: str, what: str) -> None:
         raise
 
 
-def start_gunicorn(tmp: Path, *, state: Path | None = None, workers: int | None = None) -> tuple[Proc, str]:
-    """Ours, web side only: gunicorn with deploy/gunicorn.conf.py, as `deployer serve` runs it, no deploy worker."""
+def start_gunicorn(tmp: Path, *, state: Path | None = None, workers: int | None = None,
+                   options: Sequence[str] = ()) -> tuple[Proc, str]:  # fmt: skip
+    """Ours, web side only: gunicorn with deploy/gunicorn.conf.py, as `deployer serve` runs it, no deploy worker.
+
+    `options` are gunicorn command-line options, which override the configuration file's."""
     port = free_port()
     state = state or tmp / "state"
     env = ours_env(state, port, **({"WEB_CONCURRENCY": str(workers)} if workers else {}))
-    proc = Proc([sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONF)], env=env, log=tmp / "gunicorn.log")
+    argv = [sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONF), *options]
+    proc = Proc(argv, env=env, log=tmp / "gunicorn.log")
     base = f"http://127.0.0.1:{port}"
     answering(proc, base, "gunicorn")
     return proc, f"{base}/webhook"
@@ -396,12 +404,17 @@ def ack_diagnostics(args: argparse.Namespace, prefix: str, tmp: Path, variants: 
         proc, url = start_gunicorn(where, workers=1)
         return proc, url, 202
 
+    def threaded(where: Path) -> tuple[Proc, str, int]:
+        proc, url = start_gunicorn(where, options=["--worker-class", "gthread", "--threads", str(GTHREAD_THREADS)])
+        return proc, url, 202
+
     try:
         diagnose("ours, state dir on tmpfs", on_tmpfs)
     finally:
         for leftover in Path("/dev/shm").glob(f"{prefix}-*"):
             shutil.rmtree(leftover, ignore_errors=True)
     diagnose("ours, 1 web worker", one_worker)
+    diagnose(GTHREAD_LABEL, threaded)
     for name in variants:
         diagnose(f"{name}, keep-alive connections", variants[name], keepalive=True)
     if not args.no_serve:
@@ -609,14 +622,14 @@ def summarize_profile(raw: Path) -> dict[str, Any]:
     top = [(*_source(frame), n / total) for frame, n in leaf.most_common(10)] if total else []
     kinds = {"store": "(deployer/state.py:", "journal": "(deployer/report/audit.py:", "close": "close_graceful ("}
     shares = {k: sum(n for frame, n in leaf.items() if mark in frame) / max(1, total) for k, mark in kinds.items()}
-    watch = ["ThreadWorker.handle_request", "Flask.wsgi_app", "webhook", "Queue.enqueue", "Journal.record",
-             "Logger.info", "Request.__init__", "ThreadWorker.wait_for_and_dispatch_events", "TConn.close"]  # fmt: skip
+    watch = ["Flask.wsgi_app", "webhook", "Queue.enqueue", "Journal.record", "Logger.info", "Request.__init__",
+             "SyncWorker.wait", "close_graceful"]  # fmt: skip
     return {"samples": total, "top": top, "shares": shares,
             "inclusive": {w: inclusive[w] / total for w in watch} if total else {}}  # fmt: skip
 
 
 def code_facts(tmp: Path) -> dict[str, Any]:
-    """What the measured deployer does, read from it (others change it): worker and thread counts, SQLite
+    """What the measured deployer does, read from it (others change it): web workers and their class, SQLite
     synchronous mode, whether web workers fsync the audit journal, whether writers queue on a file lock."""
     from deployer.settings import Settings
     from deployer.web import gunicorn_settings
@@ -627,7 +640,8 @@ def code_facts(tmp: Path) -> dict[str, Any]:
         with service.store.read() as db:
             synchronous = SYNCHRONOUS.get(int(db.execute("PRAGMA synchronous").fetchone()[0]), "?")
         return {
-            "workers": gunicorn_settings.WORKERS, "threads": gunicorn_settings.THREADS, "synchronous": synchronous,
+            "workers": gunicorn_settings.WORKERS, "synchronous": synchronous,
+            "worker_class": gunicorn_settings.gunicorn_options(bind="127.0.0.1:9")["worker_class"],
             "journal_fsync": bool(getattr(service.journal, "fsync", True)),
             "writer_file_lock": hasattr(service.store, "_write_lock"),
         }  # fmt: skip
@@ -673,8 +687,8 @@ server (fresh state directory in a temp dir); one unmeasured run of each first. 
 system time of the server's processes (webhook: with its reaped `/bin/true` children) over the generator's
 run, divided by the deliveries sent.
 
-- ours: gunicorn with `deploy/gunicorn.conf.py`, what `deployer serve` runs: {facts["workers"]} `gthread` web
-  workers x {facts["threads"]} threads; SQLite state store in WAL mode with `synchronous={facts["synchronous"]}`;
+- ours: gunicorn with `deploy/gunicorn.conf.py`, what `deployer serve` runs: {facts["workers"]} `{facts["worker_class"]}`
+  web workers; SQLite state store in WAL mode with `synchronous={facts["synchronous"]}`;
   audit journal appended {journal} fsync by the web workers; one INFO log line per delivery to a file;
   `DEPLOYER_FORGE=github`, so each delivery also queues its `pending` status in the outbox. **Run without
   the deploy worker**, which would otherwise try to deploy thousands of made-up commits; the complete
@@ -758,9 +772,9 @@ def costs_reading(diag: Mapping[str, Any], facts: Mapping[str, Any], user: float
         f"deployment and outbox rows; WAL, `synchronous={facts['synchronous']}`) {queue:.2f} ms, the audit journal "
         f"append ({'with' if facts['journal_fsync'] else 'without'} fsync) {journal:.2f} ms, the rest Flask, "
         f"JSON and the log line. The other ~{max(0.0, user - app):.2f} ms of user time per delivery under load is "
-        f"gunicorn (accept, a selector per connection, HTTP parsing, the hand-off to a worker thread, "
-        f"`close_graceful`) and contention; the system time is the kernel's: accept, read, write and close of "
-        f"one loopback TCP connection per delivery, epoll, futex, the SQLite and journal writes. "
+        f"gunicorn (accept, HTTP parsing, `close_graceful`) and waiting for the database; the system time is the "
+        f"kernel's: accept, read, write and close of one loopback TCP connection per delivery, select, the file "
+        f"lock, the SQLite and journal writes. "
         f"What-ifs: with the state directory on tmpfs ours reached {tmpfs:.0f}/s; with keep-alive connections "
         f"(not what forges do) {keep:.0f}/s, webhook {diag['webhook, keep-alive connections']['accepted_per_s']:.0f}/s."
     )
@@ -771,12 +785,17 @@ def workers_reading(diag: Mapping[str, Any], facts: Mapping[str, Any], rate: flo
     single = diag["ours, 1 web worker"]
     more = rate / single["accepted_per_s"] - 1
     gain = "adds no throughput" if more < 0.1 else f"adds {more * 100:.0f}% throughput"
+    threaded = diag[GTHREAD_LABEL]
     return (
         f"A second web worker {gain} ({single['accepted_per_s']:.0f}/s and p99 {single['p99_ms']:.0f} ms with one, "
         f"{rate:.0f}/s and p99 {p99:.0f} ms with two): there are only 2 cores, and every delivery's write is "
-        f"serialized - one write transaction at a time per database, and within a web worker one at a time behind "
-        f"`StateStore`'s "
-        f"process-wide lock ({facts['threads']} threads share one connection). {_writer_mechanism(facts)} With two "
+        f"serialized, one write transaction at a time per database. The same two workers as `gthread` workers of "
+        f"{GTHREAD_THREADS} threads each managed {threaded['accepted_per_s']:.0f}/s with a p99 of "
+        f"{threaded['p99_ms']:.0f} ms at {threaded['server_cpu_ms_per_request']:.2f} ms of CPU per delivery: there "
+        f"an accepting thread polls each connection and hands it to a pool thread, and every hand-off waits for the "
+        f"GIL, which a busy thread keeps for up to its 5 ms switch interval; the threads also queue for the worker's "
+        f"one database connection. A `{facts['worker_class']}` worker accepts, answers and closes one connection at "
+        f"a time, so deliveries are served in the order they arrive. {_writer_mechanism(facts)} With two "
         f"writing processes, `Queue.enqueue` in a tight loop made {two['per_s']:.0f} transactions/s (one process: "
         f"{one['per_s']:.0f}), p99 {two['p99_ms']:.2f} ms (one: {one['p99_ms']:.2f}), slowest {two['max_ms']:.0f} ms "
         f"(one: {one['max_ms']:.0f})."
@@ -807,9 +826,9 @@ def profile_reading(kind: str, profile: Mapping[str, Any], facts: Mapping[str, A
             f"{inc.get('webhook', 0) * 100:.0f}%: `Queue.enqueue` {inc.get('Queue.enqueue', 0) * 100:.0f}%, "
             f"`Journal.record` {inc.get('Journal.record', 0) * 100:.0f}%, logging "
             f"{inc.get('Logger.info', 0) * 100:.0f}%); {outside * 100:.0f}% in gunicorn around it (request parsing "
-            f"{inc.get('Request.__init__', 0) * 100:.0f}%, its event loop "
-            f"{inc.get('ThreadWorker.wait_for_and_dispatch_events', 0) * 100:.0f}%, closing connections "
-            f"{inc.get('TConn.close', 0) * 100:.0f}%). Top lines:\n\n"
+            f"{inc.get('Request.__init__', 0) * 100:.0f}%, waiting for a connection "
+            f"{inc.get('SyncWorker.wait', 0) * 100:.0f}%, closing connections "
+            f"{inc.get('close_graceful', 0) * 100:.0f}%). Top lines:\n\n"
             + c.table(
                 ["frame", "source line", "share"],
                 [[f"`{f}`", f"`{t[:70]}`" if t else "", f"{sh * 100:.1f}%"] for f, t, sh in profile["top"]],
@@ -818,11 +837,10 @@ def profile_reading(kind: str, profile: Mapping[str, Any], facts: Mapping[str, A
     sh = profile["shares"]
     return (
         f"Wait profile (py-spy, every non-idle thread, {PROFILE_HZ} Hz, {profile['samples']} samples; "
-        f"{load['accepted_per_s']:.0f}/s): {sh['store'] * 100:.0f}% of the samples are in the state store (mostly "
-        f"threads queueing for its lock: {facts['threads']} threads per worker, one connection), "
-        f"{sh['journal'] * 100:.0f}% in the audit journal (its lock, the write), {sh['close'] * 100:.0f}% in "
-        f"gunicorn's `close_graceful` (after each `Connection: close` answer it half-closes and waits for the "
-        f"sender to close, holding a worker thread)."
+        f"{load['accepted_per_s']:.0f}/s): {sh['store'] * 100:.0f}% of the samples are in the state store (its "
+        f"SQL and the wait for the other worker's write), {sh['journal'] * 100:.0f}% in the audit journal, "
+        f"{sh['close'] * 100:.0f}% in gunicorn's `close_graceful` (after each `Connection: close` answer it "
+        f"half-closes and waits for the sender to close)."
     )
 
 

@@ -24,6 +24,19 @@ class HeaderMap(Mapping[str, str]):
             self._values.setdefault(name.lower(), value)
 
     @classmethod
+    def from_environ(cls, environ: Mapping[str, object]) -> HeaderMap:
+        """The request headers of a WSGI environ (`HTTP_X_GITHUB_EVENT` is `X-GitHub-Event`)."""
+        headers = cls(())
+        for key, value in environ.items():
+            if key.startswith("HTTP_") and isinstance(value, str):
+                headers._values.setdefault(key[5:].replace("_", "-").lower(), value)
+        for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            value = environ.get(key)
+            if isinstance(value, str) and value:
+                headers._values.setdefault(key.replace("_", "-").lower(), value)
+        return headers
+
+    @classmethod
     def of(cls, headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> HeaderMap:
         if isinstance(headers, HeaderMap):
             return headers

@@ -8,19 +8,26 @@ __all__ = ["gunicorn_options"]
 
 #: web worker processes; each has its own state-store connection, and none of them deploys
 WORKERS = 2
-#: threads per web worker (gthread): a webhook is answered in milliseconds, so a few go a long way
-THREADS = 16
+#: seconds a web worker may spend on one request before the master replaces it. A delivery is
+#: answered in about a millisecond; forges give up after 10 s (GitHub) or less.
+REQUEST_TIMEOUT = 10
 
 
 def gunicorn_options(*, bind: str, workers: int = WORKERS) -> dict[str, Any]:
+    """gunicorn's `sync` workers: each takes a connection straight off the shared listening socket
+    and answers it before taking the next, so deliveries are served in arrival order. Under 50
+    concurrent senders this halved the slowest acknowledgements against `gthread` workers, whose
+    threads hand every connection between an accepting thread and a pool under one GIL
+    (docs/benchmarks.md). A sync worker holds its connection until the answer is written, so put a
+    buffering proxy in front (deploy/README.md: Traefik's `buffering` middleware) where slow
+    clients can reach the service; one that stalls is cut off after REQUEST_TIMEOUT.
+    """
     return {
         "bind": bind,
         "workers": workers,
-        "worker_class": "gthread",
-        "threads": THREADS,
-        "timeout": 30,
+        "worker_class": "sync",
+        "timeout": REQUEST_TIMEOUT,
         "graceful_timeout": 10,
-        "keepalive": 5,
         # Webhook bodies are read whole and checked against DEPLOYER_MAX_BODY by the app itself.
         "limit_request_field_size": 16 * 1024,
         "accesslog": None,

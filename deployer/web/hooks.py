@@ -23,7 +23,7 @@ hooks = Blueprint("hooks", __name__)
 def webhook() -> ResponseReturnValue:
     service = Service.current(current_app)
     body = request.get_data(cache=True)  # raw bytes first: 413 past MAX_CONTENT_LENGTH
-    headers = HeaderMap(request.headers.items())
+    headers = HeaderMap.from_environ(request.environ)
     forge = detect_forge(headers)
     if forge is None:
         raise SignatureError("not a GitHub, Gitea, Forgejo or GitLab delivery: no event or signature header")

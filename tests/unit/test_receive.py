@@ -125,6 +125,18 @@ def test_headermap_is_case_insensitive_and_keeps_the_first_repeat() -> None:
     assert HeaderMap.of(headers) is headers
 
 
+def test_headermap_from_a_wsgi_environ_reads_http_keys_and_the_content_fields() -> None:
+    environ = {
+        "REQUEST_METHOD": "POST", "PATH_INFO": "/webhook", "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": "12",
+        "HTTP_X_GITHUB_EVENT": "push", "HTTP_X_HUB_SIGNATURE_256": "sha256=ab", "wsgi.input": object(),
+    }  # fmt: skip
+    headers = HeaderMap.from_environ(environ)
+    assert dict(headers) == {"x-github-event": "push", "x-hub-signature-256": "sha256=ab",
+                             "content-type": "application/json", "content-length": "12"}  # fmt: skip
+    assert headers["X-GitHub-Event"] == "push"
+    assert detect_forge(headers) is Forge.GITHUB
+
+
 # verify_signature --------------------------------------------------------------------------------------------
 
 

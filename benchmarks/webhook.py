@@ -66,6 +66,7 @@ PROFILE_HZ = 100
 #: the web workers before they became gunicorn's sync workers: gthread, this many threads each
 GTHREAD_THREADS = 16
 GTHREAD_LABEL = f"ours, `gthread` workers x {GTHREAD_THREADS} threads (the earlier setting)"
+LINGER_LABEL = "ours, gunicorn's own `sync` worker (waits for each sender to close)"
 SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
 
 
@@ -191,6 +192,12 @@ def running(proc: Proc) -> Iterator[Proc]:
         yield proc
     finally:
         proc.stop()
+
+
+def running_containers() -> str:
+    """How many containers the engine runs: each healthcheck is a process started on this machine's cores."""
+    out = subprocess.run(["docker", "ps", "--quiet"], capture_output=True, text=True, check=False)
+    return str(len(out.stdout.split())) if out.returncode == 0 else "?"
 
 
 def others_busy() -> list[str]:
@@ -365,7 +372,11 @@ def measure_ack(args: argparse.Namespace, prefix: str, tmp: Path, quiet: Quiet) 
     for name, start in variants.items():  # unmeasured warm-up of each: page cache, imports
         one_load(tmp, f"warm-{name}", start, args)
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
-    info = c.machine_info() | {"load": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    info = c.machine_info() | {"load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+                               "containers": running_containers()}  # fmt: skip
+    if info["containers"] not in ("0", "?"):
+        print(f"warning: {info['containers']} containers run on the engine; their healthchecks load the CPU",
+              flush=True)  # fmt: skip
     for run in range(args.runs):
         order = list(variants) if run % 2 == 0 else list(reversed(variants))
         print(f"ack run {run + 1}/{args.runs}", flush=True)
@@ -404,6 +415,10 @@ def ack_diagnostics(args: argparse.Namespace, prefix: str, tmp: Path, variants: 
         proc, url = start_gunicorn(where, workers=1)
         return proc, url, 202
 
+    def lingering(where: Path) -> tuple[Proc, str, int]:
+        proc, url = start_gunicorn(where, options=["--worker-class", "sync"])
+        return proc, url, 202
+
     def threaded(where: Path) -> tuple[Proc, str, int]:
         proc, url = start_gunicorn(where, options=["--worker-class", "gthread", "--threads", str(GTHREAD_THREADS)])
         return proc, url, 202
@@ -414,6 +429,7 @@ def ack_diagnostics(args: argparse.Namespace, prefix: str, tmp: Path, variants: 
         for leftover in Path("/dev/shm").glob(f"{prefix}-*"):
             shutil.rmtree(leftover, ignore_errors=True)
     diagnose("ours, 1 web worker", one_worker)
+    diagnose(LINGER_LABEL, lingering)
     diagnose(GTHREAD_LABEL, threaded)
     for name in variants:
         diagnose(f"{name}, keep-alive connections", variants[name], keepalive=True)
@@ -612,7 +628,8 @@ def summarize_profile(raw: Path) -> dict[str, Any]:
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         frames = [f for f in stack.split(";") if not f.startswith("process ")]
-        if stack.count("process ") < 2 or not frames:  # the master's own samples: not a web worker
+        # the master's own samples are not a web worker's; a line that a frame's text broke has no count
+        if stack.count("process ") < 2 or not frames or not count.isdigit():
             continue
         n = int(count)
         total += n
@@ -687,8 +704,8 @@ server (fresh state directory in a temp dir); one unmeasured run of each first. 
 system time of the server's processes (webhook: with its reaped `/bin/true` children) over the generator's
 run, divided by the deliveries sent.
 
-- ours: gunicorn with `deploy/gunicorn.conf.py`, what `deployer serve` runs: {facts["workers"]} `{facts["worker_class"]}`
-  web workers; SQLite state store in WAL mode with `synchronous={facts["synchronous"]}`;
+- ours: gunicorn with `deploy/gunicorn.conf.py`, what `deployer serve` runs: {facts["workers"]} web workers of class
+  `{facts["worker_class"]}`; SQLite state store in WAL mode with `synchronous={facts["synchronous"]}`;
   audit journal appended {journal} fsync by the web workers; one INFO log line per delivery to a file;
   `DEPLOYER_FORGE=github`, so each delivery also queues its `pending` status in the outbox. **Run without
   the deploy worker**, which would otherwise try to deploy thousands of made-up commits; the complete
@@ -697,7 +714,8 @@ run, divided by the deliveries sent.
   `payload-hmac-sha256` on `X-Hub-Signature-256` with the same secret, running `/bin/true` without waiting
   for it (`include-command-output-in-response` off), default (non-verbose) logging.
 - Machine: {c.machine_line(info)}
-- Date: {info["date"]}; load average before: {info["load"]}; {quiet.line()}.
+- Date: {info["date"]}; load average before: {info["load"]}; containers running on the engine:
+  {info["containers"]}; {quiet.line()}.
 - The generator used {statistics.median(gen):.0f}% of one core (median; max {max(gen):.0f}%){gen_note}; it
   shares the 2 cores with the server under test.
 
@@ -772,7 +790,7 @@ def costs_reading(diag: Mapping[str, Any], facts: Mapping[str, Any], user: float
         f"deployment and outbox rows; WAL, `synchronous={facts['synchronous']}`) {queue:.2f} ms, the audit journal "
         f"append ({'with' if facts['journal_fsync'] else 'without'} fsync) {journal:.2f} ms, the rest Flask, "
         f"JSON and the log line. The other ~{max(0.0, user - app):.2f} ms of user time per delivery under load is "
-        f"gunicorn (accept, HTTP parsing, `close_graceful`) and waiting for the database; the system time is the "
+        f"gunicorn (accept, HTTP parsing, closing) and waiting for the database; the system time is the "
         f"kernel's: accept, read, write and close of one loopback TCP connection per delivery, select, the file "
         f"lock, the SQLite and journal writes. "
         f"What-ifs: with the state directory on tmpfs ours reached {tmpfs:.0f}/s; with keep-alive connections "
@@ -794,11 +812,24 @@ def workers_reading(diag: Mapping[str, Any], facts: Mapping[str, Any], rate: flo
         f"{threaded['p99_ms']:.0f} ms at {threaded['server_cpu_ms_per_request']:.2f} ms of CPU per delivery: there "
         f"an accepting thread polls each connection and hands it to a pool thread, and every hand-off waits for the "
         f"GIL, which a busy thread keeps for up to its 5 ms switch interval; the threads also queue for the worker's "
-        f"one database connection. A `{facts['worker_class']}` worker accepts, answers and closes one connection at "
-        f"a time, so deliveries are served in the order they arrive. {_writer_mechanism(facts)} With two "
+        f"one database connection. A sync worker accepts, answers and closes one connection at a time, so "
+        f"deliveries are served in the order they arrive. {_linger_reading(diag, rate)} "
+        f"{_writer_mechanism(facts)} With two "
         f"writing processes, `Queue.enqueue` in a tight loop made {two['per_s']:.0f} transactions/s (one process: "
         f"{one['per_s']:.0f}), p99 {two['p99_ms']:.2f} ms (one: {one['p99_ms']:.2f}), slowest {two['max_ms']:.0f} ms "
         f"(one: {one['max_ms']:.0f})."
+    )
+
+
+def _linger_reading(diag: Mapping[str, Any], rate: float) -> str:
+    plain = diag[LINGER_LABEL]
+    return (
+        f"gunicorn's own sync worker managed {plain['accepted_per_s']:.0f}/s (p99 {plain['p99_ms']:.0f} ms) at about "
+        f"the same CPU per delivery ({plain['server_cpu_ms_per_request']:.2f} ms): after each answer it half-closes "
+        f"and waits for the sender to close its side (RFC 9112 section 9.6), idle while a busy sender gets round to "
+        f"it. Ours closes at once when the request was read whole and nothing more has arrived, as nginx's "
+        f"`lingering_close on` does, and waits as gunicorn does otherwise ({rate / plain['accepted_per_s']:.2f}x "
+        f"the deliveries per second)."
     )
 
 
@@ -839,8 +870,8 @@ def profile_reading(kind: str, profile: Mapping[str, Any], facts: Mapping[str, A
         f"Wait profile (py-spy, every non-idle thread, {PROFILE_HZ} Hz, {profile['samples']} samples; "
         f"{load['accepted_per_s']:.0f}/s): {sh['store'] * 100:.0f}% of the samples are in the state store (its "
         f"SQL and the wait for the other worker's write), {sh['journal'] * 100:.0f}% in the audit journal, "
-        f"{sh['close'] * 100:.0f}% in gunicorn's `close_graceful` (after each `Connection: close` answer it "
-        f"half-closes and waits for the sender to close)."
+        f"{sh['close'] * 100:.0f}% in gunicorn's `close_graceful` (where gunicorn's own sync worker waits for each "
+        f"sender to close)."
     )
 
 

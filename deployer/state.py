@@ -126,13 +126,15 @@ class StateStore:
         self._write_lock = os.open(path.with_name(path.name + ".write-lock"), os.O_RDWR | os.O_CREAT, 0o600)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # In WAL mode NORMAL keeps the database consistent across crashes and loses at most the last
-        # transactions on power loss; the reconcile loop queues the branch head again after one.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
+        # Under the write lock: turning a new database to WAL needs it alone, and SQLite answers "database
+        # is locked" at once, without its busy handler, to processes that start together on an empty state dir.
         fcntl.flock(self._write_lock, fcntl.LOCK_EX)
         try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # In WAL mode NORMAL keeps the database consistent across crashes and loses at most the last
+            # transactions on power loss; the reconcile loop queues the branch head again after one.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
             self._add_missing_columns()
         finally:

@@ -14,18 +14,18 @@ REQUEST_TIMEOUT = 10
 
 
 def gunicorn_options(*, bind: str, workers: int = WORKERS) -> dict[str, Any]:
-    """gunicorn's `sync` workers: each takes a connection straight off the shared listening socket
-    and answers it before taking the next, so deliveries are served in arrival order. Under 50
-    concurrent senders this halved the slowest acknowledgements against `gthread` workers, whose
-    threads hand every connection between an accepting thread and a pool under one GIL
-    (docs/benchmarks.md). A sync worker holds its connection until the answer is written, so put a
-    buffering proxy in front (deploy/README.md: Traefik's `buffering` middleware) where slow
-    clients can reach the service; one that stalls is cut off after REQUEST_TIMEOUT.
+    """Sync workers (deployer.web.gunicorn_worker): each takes a connection straight off the shared
+    listening socket and answers it before taking the next, so deliveries are served in arrival
+    order. Under 50 concurrent senders this halved the slowest acknowledgements against `gthread`
+    workers, whose threads hand every connection between an accepting thread and a pool under one
+    GIL (docs/benchmarks.md). A sync worker holds its connection until the answer is written, so put
+    a buffering proxy in front where slow clients can reach the service (deploy/README.md: Traefik's
+    `buffer-requests@file`); one that stalls is cut off after REQUEST_TIMEOUT.
     """
     return {
         "bind": bind,
         "workers": workers,
-        "worker_class": "sync",
+        "worker_class": "deployer.web.gunicorn_worker.SyncWorker",
         "timeout": REQUEST_TIMEOUT,
         "graceful_timeout": 10,
         # Webhook bodies are read whole and checked against DEPLOYER_MAX_BODY by the app itself.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from deployer.model import Action, Plan, PlannedStack, StackResult, StackState
@@ -57,3 +58,31 @@ def test_writers_in_several_processes_all_land(tmp_path: Path) -> None:
         assert db.execute("SELECT actor, COUNT(*) FROM deployments GROUP BY actor").fetchall() == [
             ("0", 200), ("1", 200), ("2", 200),
         ]  # fmt: skip
+
+
+OPENER = """
+import pathlib, sys, time
+from deployer.state import StateStore
+go = pathlib.Path(sys.argv[2])
+pathlib.Path(f"{go}.ready-{sys.argv[3]}").touch()
+while not go.exists():
+    time.sleep(0.001)
+StateStore(pathlib.Path(sys.argv[1])).create_deployment(ref="main", trigger="cli", actor=sys.argv[3])
+"""
+
+
+def test_processes_that_open_a_new_database_at_once_all_succeed(tmp_path: Path) -> None:
+    """Web workers and the deploy worker start together on an empty state directory: each sets up the
+    database (WAL mode, schema) and none may fail with 'database is locked'."""
+    for attempt in range(5):
+        path, go = tmp_path / f"state-{attempt}.db", tmp_path / f"go-{attempt}"
+        openers = [subprocess.Popen([sys.executable, "-c", OPENER, str(path), str(go), str(n)],
+                                    stderr=subprocess.PIPE, text=True) for n in range(6)]  # fmt: skip
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.glob(f"go-{attempt}.ready-*"))) < len(openers) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        go.touch()
+        results = [(o.wait(timeout=120), o.stderr.read() if o.stderr else "") for o in openers]
+        assert [code for code, _ in results] == [0] * 6, [err for _, err in results if err]
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT COUNT(*) FROM deployments").fetchone() == (6,)

@@ -14,6 +14,8 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
+from functools import partial
 
 import requests
 
@@ -76,13 +78,12 @@ class Worker:
     def run_claim(self, claim: Claim) -> Outcome | None:
         """Deploy one claimed deployment and queue its statuses; the superseded ones get theirs first."""
         target = self.queue.status_target(claim.deployment_id) or status_target(self.deps.settings)
-        for deployment_id, commit in claim.superseded:
-            self._superseded(deployment_id, commit, by=claim.commit, target=target)
+        self._superseded(claim.superseded, by=claim.commit, target=target)
         repo_url = str(self.deps.settings.repo_url)
         newer = self._newer_deployed(claim)
         if newer is not None:
             self.deps.store.supersede(claim.deployment_id, by=newer)
-            self._superseded(claim.deployment_id, claim.commit, by=newer, target=target)
+            self._superseded([(claim.deployment_id, claim.commit)], by=newer, target=target)
             return None
         progress = _RunningStatus(self, claim, target)
         request = Request(repo_url=repo_url, ref=claim.commit, trigger=claim.trigger, actor=claim.actor)
@@ -147,12 +148,15 @@ class Worker:
                 log.exception("status delivery failed")
             stop.wait(1.0)
 
-    def _superseded(self, deployment_id: str, commit: str, *, by: str, target: StatusTarget | None) -> None:
-        self.deps.journal.record("deployment.superseded", deployment_id=deployment_id, commit=commit,
-                                 superseded_by=by)  # fmt: skip
-        if target is not None:
-            url = target_url(self.deps.settings, deployment_id)
-            self.queue.add_statuses(deployment_id, target, [describe_superseded(commit, by, target_url=url)])
+    def _superseded(self, overtaken: Sequence[tuple[str, str]], *, by: str, target: StatusTarget | None) -> None:
+        """Record deployments (id, commit) overtaken by commit `by`, and queue their final statuses: one
+        journal write and one transaction, however many a burst of pushes left behind."""
+        events = [{"deployment_id": id_, "commit": commit, "superseded_by": by} for id_, commit in overtaken]
+        self.deps.journal.record_many("deployment.superseded", events)
+        if target is not None and overtaken:
+            url = partial(target_url, self.deps.settings)
+            statuses = [(id_, describe_superseded(commit, by, target_url=url(id_))) for id_, commit in overtaken]
+            self.queue.add_statuses_of(target, statuses)
 
     def _newer_deployed(self, claim: Claim) -> str | None:
         """A commit already deployed on this branch that `claim` is an ancestor of (a late webhook)."""

@@ -15,7 +15,16 @@ from dataclasses import dataclass
 from deployer.model import CommitStatus, DeploymentState, StatusTarget, new_deployment_id, rfc3339
 from deployer.state import StateStore
 
-__all__ = ["Claim", "Enqueued", "Queue", "StatusTarget", "Undelivered"]
+__all__ = ["UNDELIVERED", "Claim", "Enqueued", "Queue", "StatusTarget", "Undelivered"]
+
+#: statuses due (next_attempt <= ?), oldest first (LIMIT ?), none behind an older undelivered one of its
+#: commit and context; the state store's status_outbox_waiting index answers the NOT EXISTS
+UNDELIVERED = (
+    "SELECT * FROM status_outbox o WHERE done_at IS NULL AND NOT EXISTS ("
+    " SELECT 1 FROM status_outbox p WHERE p.done_at IS NULL AND p.sha = o.sha"
+    " AND p.context = o.context AND p.repo = o.repo AND p.id < o.id)"
+    " AND next_attempt <= ? ORDER BY id LIMIT ?"
+)
 
 #: deployments in these states are finished: a redelivery of their webhook is deliberate
 _FINISHED = (DeploymentState.FAILED,)
@@ -158,17 +167,16 @@ class Queue:
         with self.store.transaction() as db:
             _add_statuses(db, deployment_id, target, statuses)
 
+    def add_statuses_of(self, target: StatusTarget, statuses: Sequence[tuple[str, CommitStatus]]) -> None:
+        """Statuses of several deployments, (deployment id, status) each, in one transaction."""
+        with self.store.transaction() as db:
+            _insert_statuses(db, target, statuses)
+
     def undelivered(self, *, now: float | None = None, limit: int = 50) -> list[Undelivered]:
         """Statuses due now, oldest first, at most one per (sha, context) so that order is kept."""
         now = time.time() if now is None else now
         with self.store.read() as db:
-            rows = db.execute(
-                "SELECT * FROM status_outbox o WHERE done_at IS NULL AND NOT EXISTS ("
-                " SELECT 1 FROM status_outbox p WHERE p.done_at IS NULL AND p.sha = o.sha"
-                " AND p.context = o.context AND p.repo = o.repo AND p.id < o.id)"
-                " AND next_attempt <= ? ORDER BY id LIMIT ?",
-                (now, limit),
-            ).fetchall()
+            rows = db.execute(UNDELIVERED, (now, limit)).fetchall()
         return [
             Undelivered(
                 id=r["id"], deployment_id=r["deployment_id"], target=StatusTarget(r["forge"], r["api_url"], r["repo"]),
@@ -209,12 +217,18 @@ class Queue:
 def _add_statuses(
     db: sqlite3.Connection, deployment_id: str, target: StatusTarget, statuses: Sequence[CommitStatus]
 ) -> None:
+    _insert_statuses(db, target, [(deployment_id, s) for s in statuses])
+
+
+def _insert_statuses(
+    db: sqlite3.Connection, target: StatusTarget, statuses: Sequence[tuple[str, CommitStatus]]
+) -> None:
     db.executemany(
         "INSERT INTO status_outbox (deployment_id, forge, api_url, repo, sha, context, state, description,"
         " target_url) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             (deployment_id, target.forge, target.api_url, target.repo, s.sha, s.context, s.state, s.description,
              s.target_url)
-            for s in statuses
+            for deployment_id, s in statuses
         ],
     )  # fmt: skip

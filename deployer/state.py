@@ -86,6 +86,8 @@ CREATE TABLE IF NOT EXISTS status_outbox (
     last_error TEXT
 );
 CREATE INDEX IF NOT EXISTS status_outbox_pending ON status_outbox (done_at, next_attempt);
+-- Statuses of one commit and context go out in order: the reporter looks up an older undelivered one by this.
+CREATE INDEX IF NOT EXISTS status_outbox_waiting ON status_outbox (sha, context, repo, id) WHERE done_at IS NULL;
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,19 @@ class Journal:
 
     def record(self, event: str, *, deployment_id: str, commit: str | None, **fields: Any) -> None:
         """Append one event; a journal that cannot be written is logged, never raised."""
-        line = {"event": event, "deployment_id": deployment_id, "commit": commit, "time": rfc3339()}
-        line.update({key: value for key, value in fields.items() if value is not None})
-        data = (json.dumps(line, separators=(",", ":"), default=str) + "\n").encode()
+        self.record_many(event, [{"deployment_id": deployment_id, "commit": commit, **fields}])
+
+    def record_many(self, event: str, items: Sequence[Mapping[str, Any]]) -> None:
+        """Append one event per item (each with deployment_id and commit) in one write and one fsync."""
+        now = rfc3339()
+        lines = []
+        for item in items:
+            line = {"event": event, "deployment_id": item["deployment_id"], "commit": item["commit"], "time": now}
+            line.update({key: value for key, value in item.items() if value is not None and key not in line})
+            lines.append(json.dumps(line, separators=(",", ":"), default=str) + "\n")
+        if not lines:
+            return
+        data = "".join(lines).encode()
         try:
             with self._lock:
                 fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from deployer.model import Action, Plan, PlannedStack, StackResult, StackState
+from deployer.queue import UNDELIVERED
 from deployer.state import StateStore
 
 # The schema of the first release (before the service added columns).
@@ -86,3 +87,13 @@ def test_processes_that_open_a_new_database_at_once_all_succeed(tmp_path: Path) 
         assert [code for code, _ in results] == [0] * 6, [err for _, err in results if err]
         with sqlite3.connect(path) as db:
             assert db.execute("SELECT COUNT(*) FROM deployments").fetchone() == (6,)
+
+
+def test_the_status_reporter_finds_older_undelivered_statuses_by_index(tmp_path: Path) -> None:
+    """The reporter sends a commit's statuses in order: for each one due it asks whether an older one of the
+    same commit and context is still waiting. Without an index that is a scan of the whole outbox per row,
+    and a forge that was down for a while left a backlog the reporter could not get through."""
+    store = StateStore(tmp_path / "state.db")
+    with store.read() as db:
+        plan = " | ".join(row[3] for row in db.execute("EXPLAIN QUERY PLAN " + UNDELIVERED, (0.0, 50)))
+    assert "status_outbox_waiting (sha=? AND context=? AND repo=? AND id<?)" in plan, plan

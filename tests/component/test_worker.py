@@ -6,6 +6,7 @@ Docker engine and compose are real.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -91,6 +92,14 @@ def test_latest_wins_and_every_pushed_commit_gets_a_final_status(
     assert forge.latest(commits[-1]) == {"deployer": "success", f"deployer/{name}": "success"}
     superseded = [p for p in forge.posted if p.sha == commits[0] and p.context == "deployer"][-1]
     assert f"superseded by {commits[-1][:12]}" in superseded.description
+    for sha, deployment_id in zip(commits[:2], ids[:2], strict=True):
+        final_status = [p for p in forge.posted if p.sha == sha and p.context == "deployer"][-1]
+        assert final_status.target_url and final_status.target_url.endswith(f"/api/deployments/{deployment_id}")
+    audit = [json.loads(line) for line in service_deps.journal.path.read_text().splitlines()]
+    assert sorted((e["deployment_id"], e["commit"], e["superseded_by"]) for e in audit
+                  if e["event"] == "deployment.superseded") == sorted(
+        (deployment_id, sha, commits[-1]) for sha, deployment_id in zip(commits[:2], ids[:2], strict=True)
+    )  # fmt: skip
     assert all(p.target_url and p.target_url.startswith("https://deployer.example/api/deployments/")
                for p in forge.posted)  # fmt: skip
     assert forge.errors == []

@@ -12,8 +12,9 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
+from types import FrameType
 
 from deployer import __version__
 from deployer.console import ConsoleProgress, format_plan, format_summary, table
@@ -112,6 +113,17 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     return serve(settings, bind=args.bind or settings.bind)
 
 
+def stop_on_signal(stop: threading.Event) -> Callable[[int, FrameType | None], None]:
+    """A signal handler that sets `stop`. Not by calling stop.set() itself: that takes the event's lock,
+    which the main thread may hold (inside stop.wait) when the signal arrives, or this handler may
+    when a second signal does; a thread takes it once the main thread lets go."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        threading.Thread(target=stop.set, name="stop").start()
+
+    return handler
+
+
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from deployer.jobs import Worker
     from deployer.pipeline import Deps  # lazy: `serve` keeps git out of the gunicorn master
@@ -120,7 +132,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     _log_to_stderr()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, stop_on_signal(stop))
     Worker(Deps.from_settings(settings)).run(stop)
     return 0
 

@@ -1,12 +1,14 @@
 """`deployer serve`: gunicorn's web workers plus one deploy worker process, started and stopped together.
 
-The gunicorn master runs in this process. The deploy worker (`python -m deployer worker`) is a
-child process that a watcher thread restarts if it dies; it is stopped when gunicorn stops.
+The gunicorn master runs in this process. The deploy worker (`python -m deployer worker`, at a lower
+CPU priority than the web workers) is a child process that a watcher thread restarts if it dies; it
+is stopped when gunicorn stops.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -24,6 +26,9 @@ log = logging.getLogger("deployer.serve")
 
 #: seconds between restarts of a deploy worker that keeps dying
 RESTART_DELAY = 5.0
+#: the deploy worker's niceness: git, sops and compose wait on the network and the engine, while a forge
+#: gives up on an unanswered webhook after 10 s, so the web workers come first for the CPU
+WORKER_NICENESS = 10
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints
@@ -65,7 +70,8 @@ class _DeployWorker:
 
     def _watch(self) -> None:
         while not self._stop.is_set():
-            self._process = subprocess.Popen([sys.executable, "-m", "deployer", "worker"])
+            argv = ["nice", "-n", str(WORKER_NICENESS), sys.executable, "-m", "deployer", "worker"]
+            self._process = subprocess.Popen(argv)
             code = self._process.wait()
             if self._stop.is_set() or code == 0:
                 return  # asked to stop (gunicorn passes its SIGTERM on to us as well)
@@ -76,10 +82,16 @@ class _DeployWorker:
 def serve(settings: Settings, *, bind: str) -> int:
     worker = _DeployWorker()
     worker.start()
+    master = os.getpid()
     try:
         _Gunicorn(settings, gunicorn_options(bind=bind)).run()
     except SystemExit as exit_:
+        if os.getpid() != master:
+            raise  # a web worker, forked inside run(), leaving: its exit is gunicorn's business
         return int(exit_.code or 0)
     finally:
-        worker.stop()
+        # Web workers unwind through here too: only the master stops the deploy worker. (A forked copy
+        # would signal it as well and then wait on a lock held at fork time until gunicorn killed it.)
+        if os.getpid() == master:
+            worker.stop()
     return 0

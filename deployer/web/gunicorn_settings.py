@@ -11,6 +11,8 @@ WORKERS = 2
 #: seconds a web worker may spend on one request before the master replaces it. A delivery is
 #: answered in about a millisecond; forges give up after 10 s (GitHub) or less.
 REQUEST_TIMEOUT = 10
+#: seconds the master gives web workers to finish when asked to stop, before it kills them
+GRACEFUL_TIMEOUT = 10
 
 
 def gunicorn_options(*, bind: str, workers: int = WORKERS) -> dict[str, Any]:
@@ -27,7 +29,7 @@ def gunicorn_options(*, bind: str, workers: int = WORKERS) -> dict[str, Any]:
         "workers": workers,
         "worker_class": "deployer.web.gunicorn_worker.SyncWorker",
         "timeout": REQUEST_TIMEOUT,
-        "graceful_timeout": 10,
+        "graceful_timeout": GRACEFUL_TIMEOUT,
         # Webhook bodies are read whole and checked against DEPLOYER_MAX_BODY by the app itself.
         "limit_request_field_size": 16 * 1024,
         "accesslog": None,

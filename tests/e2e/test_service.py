@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from deployer.web.gunicorn_settings import GRACEFUL_TIMEOUT
 from tests.conftest import AgeKey, tool_environ
 from tests.deliveries import push_payload, sign
 from tests.helpers import ROOT, ConfigRepo, require_tool, service
@@ -121,10 +122,63 @@ def test_push_webhook_deploys_and_reports_statuses(
     assert "e2e-secret-token-value" not in log and SECRET not in log
 
 
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            found += [int(child), *_descendants(int(child))]
+    return found
+
+
+def _niceness(pid: int) -> tuple[str, int]:
+    """(command line, niceness) of a process, from /proc."""
+    command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return command, int(fields[16])  # field 19 of stat, counted after "pid (comm)"
+
+
+def test_the_deploy_worker_runs_below_the_web_workers(served: str) -> None:
+    """A flood of webhooks keeps the deploy worker busy; the web workers still come first for the CPU."""
+    port = served.rsplit(":", 1)[1]
+    argv = ["pgrep", "--oldest", "-f", f"deployer serve --bind 127.0.0.1:{port}"]  # gunicorn forks match too
+    out = subprocess.run(argv, capture_output=True, text=True, check=True)
+    (serve,) = (int(pid) for pid in out.stdout.split())
+    processes = dict(_niceness(pid) for pid in _descendants(serve))
+    workers = [nice for command, nice in processes.items() if command.endswith("-m deployer worker")]
+    assert workers == [10], processes
+    assert _niceness(serve)[1] == 0
+
+
 def _finished(base: str, deployment_id: str) -> dict[str, Any] | None:
     status, deployment = http("GET", f"{base}/api/deployments/{deployment_id}")
     assert status == 200
     return deployment if deployment["state"] in ("succeeded", "failed", "superseded") else None
+
+
+def test_serve_stops_at_once_on_sigterm(tmp_path: Path, repo: ConfigRepo) -> None:
+    """Stopping the service (systemd, docker stop) asks the web workers and the deploy worker to finish; none
+    is left for gunicorn to kill when its graceful timeout runs out."""
+    repo.write("README.md", "no stacks yet\n")
+    repo.commit("empty")
+    port = free_port()
+    env = tool_environ(tmp_path, None, DEPLOYER_REPO_URL=repo.url, DEPLOYER_WEBHOOK_SECRET=SECRET,
+                       DEPLOYER_POLL_INTERVAL="0")  # fmt: skip
+    with (tmp_path / "serve.log").open("w") as log:
+        process = subprocess.Popen(["deployer", "serve", "--bind", f"127.0.0.1:{port}"], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)  # fmt: skip
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_for(lambda: _alive(base), timeout=30, what="the service to listen")
+            wait_for(lambda: "deploy worker not running" not in http("GET", f"{base}/readyz")[1].get("problems", []),
+                     timeout=30, what="the deploy worker's heartbeat")  # fmt: skip
+            children = _descendants(process.pid)
+            process.terminate()
+            code = process.wait(timeout=GRACEFUL_TIMEOUT - 1)
+        finally:
+            process.kill()
+            process.wait()
+    assert code == 0, (tmp_path / "serve.log").read_text()
+    assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]
 
 
 @pytest.mark.parametrize(

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path, PurePosixPath
 
 import pytest
 
 from deployer.apply.compose import compose_up_argv
 from deployer.apply.secrets import _cause, decrypt_argv, redact
+from deployer.cli import stop_on_signal
 from deployer.console import format_plan, table
 from deployer.errors import ConfigError
 from deployer.model import Action, Plan, PlannedStack, Stack
@@ -229,3 +232,22 @@ def test_format_plan() -> None:
 def test_format_empty_plan() -> None:
     plan = Plan(target="abc123", base=None, stacks=(), order=())
     assert format_plan(plan) == "plan nothing -> abc123\nno stack is affected"
+
+
+def test_the_worker_stop_handler_does_not_wait_for_the_lock_its_signal_interrupted() -> None:
+    """A signal is handled in the main thread between two bytecodes, possibly while that thread holds the
+    stop event's lock inside stop.wait(), or while a first handler does. Setting the event right there would
+    wait for that lock forever; the handler must return and leave the setting to another thread."""
+    stop = threading.Event()
+    handler = stop_on_signal(stop)
+    returned = threading.Event()
+
+    def interrupted_main_thread() -> None:
+        with stop._cond:  # type: ignore[attr-defined]  # what stop.wait() holds when the signal lands
+            handler(signal.SIGTERM, None)
+            returned.set()
+
+    thread = threading.Thread(target=interrupted_main_thread, daemon=True)
+    thread.start()
+    assert returned.wait(5), "the handler blocked on the event's lock"
+    assert stop.wait(5)

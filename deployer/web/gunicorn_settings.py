@@ -36,4 +36,7 @@ def gunicorn_options(*, bind: str, workers: int = WORKERS) -> dict[str, Any]:
         "errorlog": "-",
         "loglevel": "info",
         "proc_name": "deployer",
+        # gunicorn >= 25.1 opens a control socket at one path per user ($XDG_RUNTIME_DIR or ~/.gunicorn),
+        # which a second service of the same user would take over; the service is run by signals instead.
+        "control_socket_disable": True,
     }

@@ -11,10 +11,12 @@ import datetime
 import os
 import platform
 import re
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -24,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from tests.helpers import TEST_IMAGE  # noqa: E402 -- after the path fix above
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 INTRO = """# Benchmarks
@@ -69,6 +73,11 @@ def machine_info() -> dict[str, str]:
         "git": _run_text(["git", "--version"]).removeprefix("git version "),
         "revision": revision(),
     }
+
+
+def run_info() -> dict[str, str]:
+    """The machine, and its load average just before a measurement starts."""
+    return machine_info() | {"load": " ".join(f"{x:.2f}" for x in os.getloadavg())}
 
 
 def revision() -> str:
@@ -233,6 +242,20 @@ def parser(description: str, runs: int) -> argparse.ArgumentParser:
     p.add_argument("--write-docs", action="store_true", help="replace this benchmark's section in docs/benchmarks.md")
     p.add_argument("--wait-idle", action="store_true", help="before measuring, wait until no pytest runs (<= 15 min)")
     return p
+
+
+def docker_main(description: str, runs: int, measure: Callable[[argparse.Namespace, str, Path], int]) -> int:
+    """Run a benchmark that deploys to the engine: its own prefix and temp dir, the test image, and every
+    container and network named with the prefix removed afterwards."""
+    args = parser(description, runs=runs).parse_args()
+    prefix = new_prefix()
+    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+    ensure_image(TEST_IMAGE)
+    try:
+        with docker_cleanup(prefix):
+            return measure(args, prefix, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_section(name: str, body: str) -> None:

@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,7 @@ except ImportError:  # run as `python benchmarks/bringup.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from benchmarks import _common as c
 
-from tests.helpers import TEST_IMAGE, ConfigRepo, service
+from tests.helpers import ConfigRepo, service
 
 TARGET_RATIO = 1.1
 #: stack -> (stacks it depends on, {service: (seconds until healthy, services it waits for)}); seed order
@@ -69,15 +67,7 @@ def critical_path(times: dict[str, float]) -> tuple[float, list[str]]:
 
 
 def main() -> int:
-    args = c.parser(__doc__.splitlines()[0], runs=5).parse_args()
-    prefix = c.new_prefix()
-    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
-    c.ensure_image(TEST_IMAGE)
-    try:
-        with c.docker_cleanup(prefix):
-            return measure(args, prefix, tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return c.docker_main(__doc__.splitlines()[0], 5, measure)
 
 
 def measure(args: argparse.Namespace, prefix: str, tmp: Path) -> int:
@@ -112,7 +102,7 @@ def measure(args: argparse.Namespace, prefix: str, tmp: Path) -> int:
     ours(-1)  # warm-up, unmeasured: page cache, image layers, compose plugin
     c.remove_docker_objects(prefix)
     waited = c.wait_until_idle() if args.wait_idle else 0.0
-    info = c.machine_info() | {"load": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    info = c.run_info()
     ours_t, first_t, seq_t, crit_t, per_stack, paths, in_chain, loads, busy = [], [], [], [], [], [], [], [], 0
     for run in range(args.runs):
         busy += c.pytest_running()

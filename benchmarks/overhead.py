@@ -14,11 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +26,7 @@ except ImportError:  # run as `python benchmarks/overhead.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from benchmarks import _common as c
 
-from tests.helpers import TEST_IMAGE, ConfigRepo, service
+from tests.helpers import ConfigRepo, service
 
 STACKS = 20
 TARGET_MEDIAN_OVERHEAD = 0.5
@@ -64,15 +62,7 @@ def phases(journal: Path, started: float, ended: float) -> dict[str, float]:
 
 
 def main() -> int:
-    args = c.parser(__doc__.splitlines()[0], runs=10).parse_args()
-    prefix = c.new_prefix()
-    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
-    c.ensure_image(TEST_IMAGE)
-    try:
-        with c.docker_cleanup(prefix):
-            return measure(args, prefix, tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return c.docker_main(__doc__.splitlines()[0], 10, measure)
 
 
 def measure(args: argparse.Namespace, prefix: str, tmp: Path) -> int:
@@ -113,7 +103,7 @@ def measure(args: argparse.Namespace, prefix: str, tmp: Path) -> int:
 
     ours(-1), bare(-1)  # warm-up: first runs pay for caches (page cache, git packs, image layers)
     waited = c.wait_until_idle() if args.wait_idle else 0.0
-    info = c.machine_info() | {"load": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    info = c.run_info()
     ours_t, bare_t, diffs, splits, loads, busy = [], [], [], [], [], 0
     for run in range(args.runs):
         busy += c.pytest_running()

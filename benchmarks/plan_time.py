@@ -9,7 +9,6 @@ Run from the repository root: `python -m benchmarks.plan_time [--runs 20] [--wri
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import shutil
 import statistics
@@ -190,7 +189,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> int:
     cli = [c.deployer_exe(), "plan", "--from", base, "--to", head, "--repo", repo.url, "--json"]
     cold = c.run_timed(cli, env=env)
     waited = c.wait_until_idle() if args.wait_idle else 0.0
-    info = c.machine_info() | {"load": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    info = c.run_info()
     busy = c.pytest_running()
 
     def plan() -> Plan:

@@ -372,8 +372,7 @@ def measure_ack(args: argparse.Namespace, prefix: str, tmp: Path, quiet: Quiet) 
     for name, start in variants.items():  # unmeasured warm-up of each: page cache, imports
         one_load(tmp, f"warm-{name}", start, args)
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
-    info = c.machine_info() | {"load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-                               "containers": running_containers()}  # fmt: skip
+    info = c.run_info() | {"containers": running_containers()}
     if info["containers"] not in ("0", "?"):
         print(f"warning: {info['containers']} containers run on the engine; their healthchecks load the CPU",
               flush=True)  # fmt: skip
@@ -1101,7 +1100,7 @@ def collect_burst(base: str, forge: TimedForge, repo: ConfigRepo, *, names: list
 
 def measure_burst(args: argparse.Namespace, prefix: str, tmp: Path, quiet: Quiet) -> dict[str, Any]:
     c.ensure_image(TEST_IMAGE)
-    info = c.machine_info() | {"load": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    info = c.run_info()
     runs = []
     for run in range(args.runs):
         quiet.before_run()
@@ -1254,7 +1253,7 @@ def one_memory(prefix: str, tmp: Path, run: int) -> dict[str, dict[str, dict[str
 
 def measure_memory(args: argparse.Namespace, prefix: str, tmp: Path, quiet: Quiet) -> dict[str, Any]:
     c.ensure_image(TEST_IMAGE)
-    info = c.machine_info() | {"load": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    info = c.run_info()
     runs = []
     for run in range(args.runs):
         quiet.before_run()

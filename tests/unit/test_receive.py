@@ -137,20 +137,24 @@ def test_headermap_from_a_wsgi_environ_reads_http_keys_and_the_content_fields() 
     assert detect_forge(headers) is Forge.GITHUB
 
 
+#: every forge with every body it can send: JSON, and a form-encoded `payload` where the forge offers one
+EVERY_SHAPE = [
+    pytest.param("github", False, id="github-json"),
+    pytest.param("github", True, id="github-form"),
+    pytest.param("gitea", False, id="gitea-json"),
+    pytest.param("gitea", True, id="gitea-form"),
+    pytest.param("forgejo", False, id="forgejo-json"),
+    pytest.param("forgejo", True, id="forgejo-form"),
+    pytest.param("gitlab", False, id="gitlab-json"),
+]
+
+
 # verify_signature --------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("forge", "form"),
-    [
-        pytest.param("github", False, id="github-json"),
-        pytest.param("github", True, id="github-form"),
-        pytest.param("gitea", False, id="gitea-json"),
-        pytest.param("gitea", True, id="gitea-form"),
-        pytest.param("forgejo", False, id="forgejo-json"),
-        pytest.param("forgejo", True, id="forgejo-form"),
-        pytest.param("gitlab", False, id="gitlab-json"),
-    ],
+    EVERY_SHAPE,
 )
 def test_verify_signature_accepts_a_genuine_delivery(forge: str, form: bool) -> None:
     verify(forge, delivery(forge, form=form))
@@ -349,15 +353,7 @@ API = {
 
 @pytest.mark.parametrize(
     ("forge", "form"),
-    [
-        pytest.param("github", False, id="github-json"),
-        pytest.param("github", True, id="github-form"),
-        pytest.param("gitea", False, id="gitea-json"),
-        pytest.param("gitea", True, id="gitea-form"),
-        pytest.param("forgejo", False, id="forgejo-json"),
-        pytest.param("forgejo", True, id="forgejo-form"),
-        pytest.param("gitlab", False, id="gitlab-json"),
-    ],
+    EVERY_SHAPE,
 )
 def test_parse_delivery_push_to_main(forge: str, form: bool) -> None:
     d = distinct_delivery_ids(forge, delivery(forge, form=form))

@@ -65,6 +65,31 @@ class SecretError(DeployerError):
     code = "secret_decrypt_failed"
 
 
+class KeyUnavailableError(SecretError):
+    """The age identity is missing or unreadable: no file can be decrypted until it is back."""
+
+    code = "key_unavailable"
+
+
+class RefNotFoundError(FetchError):
+    """The repository was fetched, but no branch, tag or commit has that name."""
+
+    code = "ref_not_found"
+
+
+class NotOnBranchError(DeployerError):
+    """A push named a commit that the deploying branch, as fetched, does not contain."""
+
+    code = "not_on_branch"
+
+
+class EngineError(DeployerError):
+    """The Docker engine did not answer; nothing was changed."""
+
+    code = "engine_unreachable"
+    exit_code = 1
+
+
 class ComposeInvalidError(DeployerError):
     """`docker compose config` rejected a stack."""
 

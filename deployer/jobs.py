@@ -1,11 +1,13 @@
 """The deploy worker: the only place that knows about the queue-draining loop and its threads.
 
 One worker process drains the durable queue, one deployment at a time (the deploy lock makes that
-true even against a stray second worker or a `deployer deploy` by hand). Latest wins: claiming the
-newest queued deployment supersedes every older queued one of the same branch. A reporter thread
-delivers commit statuses from the outbox with backoff, so a forge that is down never delays or
-changes a deployment, and statuses arrive once it is back. A reconcile step asks git for the branch
-head every `poll_interval` seconds and queues what a lost webhook missed.
+true even against a stray second worker or a `deployer deploy` by hand). Latest wins: the newest
+queued deployment runs, and once its commit is proven to be the branch head every older queued one
+of the branch is superseded. A reporter thread delivers commit statuses from the outbox with
+backoff, so a forge that is down never delays or changes a deployment, and statuses arrive once it
+is back. A reconcile step fetches the branch every `poll_interval` seconds and makes what runs
+converge on its head: it queues what a lost webhook, a rewind or a refused push left undeployed,
+retries a transient failure with backoff (plan/retry.py), and leaves a terminal one alone.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ import time
 from collections.abc import Sequence
 from functools import partial
 
+import git
 import requests
 
 from deployer.errors import DeployerError
-from deployer.model import Outcome, Plan, StatusTarget, new_deployment_id
-from deployer.pipeline import Deps, Request, SilentProgress, branch_head, deploy, is_ancestor
+from deployer.model import DeploymentState, Outcome, Plan, StatusTarget, new_deployment_id, rfc3339
+from deployer.pipeline import BRANCH_TRIGGERS, Deps, Request, SilentProgress, branch_head, converged, deploy
+from deployer.plan.retry import Step, next_step
 from deployer.queue import Claim, Queue, Undelivered
 from deployer.report.forges import POSTERS, GiveUp, Retry
 from deployer.report.statuses import describe_final, describe_queued, describe_running, describe_superseded
@@ -43,9 +47,18 @@ class Worker:
         self.queue = Queue(deps.store)
         self.idle_wait = idle_wait
         self.session = requests.Session()
+        #: (head, last good commits) last found converged, so an unchanged world is not planned again
+        self._converged: tuple[str, tuple[tuple[str, str], ...]] | None = None
+        #: when the reconcile loop must look again before its next poll (a retry falls due)
+        self.retry_due: float | None = None
+        self._object_format: str | None = None
 
     def run(self, stop: threading.Event) -> None:
-        """Drain the queue until `stop` is set; a deployment under way is finished first."""
+        """Drain the queue until `stop` is set; a deployment under way is finished first.
+
+        With polling on, the branch is reconciled at start, every `poll_interval` seconds, and when a
+        retry of a transient failure falls due.
+        """
         resumed = self.queue.requeue_interrupted()
         if resumed:
             log.warning("resuming deployments interrupted by a restart: %s", ", ".join(resumed))
@@ -59,7 +72,8 @@ class Worker:
             if now >= next_beat:
                 self.heartbeat()
                 next_beat = now + HEARTBEAT
-            if now >= next_poll:
+            due = self.retry_due is not None and time.time() >= self.retry_due
+            if interval and (now >= next_poll or due):
                 self.reconcile()
                 next_poll = now + interval
             claim = self.queue.claim()
@@ -67,6 +81,7 @@ class Worker:
                 stop.wait(self.idle_wait)
                 continue
             self.run_claim(claim)
+
         reporter.join(timeout=5)
 
     def heartbeat(self) -> None:
@@ -74,46 +89,91 @@ class Worker:
         problem = self.deps.backend.ping()
         self.queue.set_meta("engine", {"ok": problem is None, "error": problem, "at": time.time()})
         self.queue.set_meta("worker", {"pid": os.getpid(), "at": time.time()})
+        if self._object_format is None and (self.deps.settings.state_dir / "mirror.git" / "HEAD").exists():
+            # the web workers refuse a push whose `after` is of the other kind (SHA-1 vs SHA-256)
+            try:
+                self._object_format = self.deps.mirror(str(self.deps.settings.repo_url)).object_format()
+            except git.GitCommandError as error:
+                log.warning("cannot read the mirror's object format: %s", error)
+                return
+            self.queue.set_meta("object_format", self._object_format)
 
-    def run_claim(self, claim: Claim) -> Outcome | None:
-        """Deploy one claimed deployment and queue its statuses; the superseded ones get theirs first."""
+    def run_claim(self, claim: Claim) -> Outcome:
+        """Deploy one claimed deployment and queue its statuses.
+
+        Once its commit is proven to be the branch head, every deployment of the branch queued before
+        it is superseded (latest wins). A late delivery (an older commit of the branch) is superseded
+        by the head, which the reconcile step then makes sure is deployed.
+        """
         target = self.queue.status_target(claim.deployment_id) or status_target(self.deps.settings)
-        self._superseded(claim.superseded, by=claim.commit, target=target)
-        repo_url = str(self.deps.settings.repo_url)
-        newer = self._newer_deployed(claim)
-        if newer is not None:
-            self.deps.store.supersede(claim.deployment_id, by=newer)
-            self._superseded([(claim.deployment_id, claim.commit)], by=newer, target=target)
-            return None
         progress = _RunningStatus(self, claim, target)
-        request = Request(repo_url=repo_url, ref=claim.commit, trigger=claim.trigger, actor=claim.actor)
+        request = Request(repo_url=str(self.deps.settings.repo_url), ref=claim.commit, trigger=claim.trigger,
+                          actor=claim.actor)  # fmt: skip
         outcome = deploy(self.deps, request, deployment_id=claim.deployment_id, progress=progress)
-        log.info("deployment %s of %s: %s", claim.deployment_id, claim.commit[:12], outcome.state)
-        if target is not None:
+        log.info("deployment %s of %s: %s%s", claim.deployment_id, claim.commit[:12], outcome.state,
+                 f" ({outcome.reason}: {outcome.error})" if outcome.error else "")  # fmt: skip
+        if outcome.superseded_by is not None:
+            self._superseded([(claim.deployment_id, claim.commit)], by=outcome.superseded_by, target=target)
+        elif target is not None:
             url = target_url(self.deps.settings, claim.deployment_id)
             self.queue.add_statuses(claim.deployment_id, target, describe_final(outcome, claim.commit, target_url=url))
+        if request.follows_branch and outcome.state is not DeploymentState.SUCCEEDED:
+            self.reconcile(fetch=False)  # the head, now: deploy it, schedule a retry, or say why not
         return outcome
 
-    def reconcile(self) -> str | None:
-        """Queue the branch head if no deployment of it exists yet (a webhook was lost); return its id."""
+    def reconcile(self, *, fetch: bool = True) -> str | None:
+        """Make what runs converge on the branch head: queue it, schedule a retry, or leave it; return a queued id.
+
+        Asks whether every stack's last good commit is the head's view of that stack (not whether a
+        deployment of the head exists: a rewind, a refused push or a failure leaves that untrue).
+        """
         settings = self.deps.settings
         ref = f"refs/heads/{settings.branch}"
+        repo_url = str(settings.repo_url)
         try:
-            head = branch_head(self.deps, repo_url=str(settings.repo_url), branch=settings.branch)
+            head = branch_head(self.deps, repo_url=repo_url) if fetch else self.deps.mirror(repo_url).resolve(ref)
+            done = self._is_converged(head)
         except DeployerError as error:
             log.warning("reconcile: %s", error.message)
+            self._tell(head=None, step=None, why=error.message)
             return None
-        if self.queue.has_deployment_of(head, ref):
+        latest = self.queue.latest_attempt(ref)
+        decision = next_step(head=head, converged=done, latest=latest, now=time.time())
+        self.retry_due = decision.retry_at
+        if latest is not None and latest.state is DeploymentState.FAILED and latest.commit == head:
+            self.deps.store.set_retry(latest.deployment_id, decision.retry_at)
+        self._tell(head=head, step=decision.step, why=decision.why, retry_at=decision.retry_at)
+        if decision.step is not Step.DEPLOY:
             return None
+        if latest is not None and latest.commit == head and latest.state is DeploymentState.FAILED:
+            self.deps.store.set_retry(latest.deployment_id, None)
+        return self._queue_head(head, ref, why=decision.why)
+
+    def _is_converged(self, head: str) -> bool:
+        seen = (head, tuple(sorted(self.deps.store.last_good().items())))
+        if seen == self._converged:
+            return True
+        done = converged(self.deps, repo_url=str(self.deps.settings.repo_url), head=head)
+        self._converged = seen if done else None
+        return done
+
+    def _queue_head(self, head: str, ref: str, *, why: str) -> str:
         target = status_target(self.deps.settings)
         deployment_id = new_deployment_id()
         pending = describe_queued(head, deployment_id, target_url=target_url(self.deps.settings, deployment_id))
         enqueued = self.queue.enqueue(commit=head, ref=ref, trigger="poll", actor=None, target=target,
-                                      pending=pending, deployment_id=deployment_id)  # fmt: skip
+                                      pending=pending, deployment_id=deployment_id, reason=why)  # fmt: skip
         self.deps.journal.record("deployment.queued", deployment_id=enqueued.deployment_id, commit=head,
-                                 trigger="poll", ref=ref)  # fmt: skip
-        log.info("reconcile: %s is not deployed yet, queued as %s", head[:12], enqueued.deployment_id)
+                                 trigger="poll", ref=ref, reason=why)  # fmt: skip
+        log.info("reconcile: %s; queued as %s", why, enqueued.deployment_id)
         return enqueued.deployment_id
+
+    def _tell(self, *, head: str | None, step: Step | None, why: str, retry_at: float | None = None) -> None:
+        """What the reconcile loop last concluded, for GET /api/branch."""
+        self.queue.set_meta("reconcile", {
+            "branch": self.deps.settings.branch, "head": head, "next": str(step) if step else "unknown", "why": why,
+            "retry_at": rfc3339(retry_at) if retry_at else None, "checked_at": rfc3339(),
+        })  # fmt: skip
 
     def deliver_statuses(self, *, now: float | None = None) -> int:
         """Send every status that is due (at `now`); return how many are still waiting."""
@@ -158,17 +218,6 @@ class Worker:
             statuses = [(id_, describe_superseded(commit, by, target_url=url(id_))) for id_, commit in overtaken]
             self.queue.add_statuses_of(target, statuses)
 
-    def _newer_deployed(self, claim: Claim) -> str | None:
-        """A commit already deployed on this branch that `claim` is an ancestor of (a late webhook)."""
-        latest = self.deps.store.latest_deployed(claim.ref)
-        if latest is None or latest == claim.commit:
-            return None
-        try:
-            behind = is_ancestor(self.deps, repo_url=str(self.deps.settings.repo_url), commit=claim.commit, of=latest)
-        except DeployerError:
-            return None
-        return latest if behind else None
-
 
 class _RunningStatus(SilentProgress):
     """Posts `running` once the plan exists (GitLab shows it; GitHub and Gitea show pending)."""
@@ -177,8 +226,13 @@ class _RunningStatus(SilentProgress):
         self.worker, self.claim, self.target = worker, claim, target
 
     def planned(self, plan: Plan) -> None:
+        """The commit is proven on the branch (or named by a person): it overtakes what was queued before it."""
+        if self.claim.trigger in BRANCH_TRIGGERS:
+            overtaken = self.worker.queue.supersede_older(self.claim, by=self.claim.commit)
+            self.worker._superseded(overtaken, by=self.claim.commit, target=self.target)
         if self.target is None:
             return
         url = target_url(self.worker.deps.settings, self.claim.deployment_id)
-        status = describe_running(self.claim.commit, [s.name for s in plan.runnable], target_url=url)
+        status = describe_running(self.claim.commit, [s.name for s in plan.runnable], target_url=url,
+                                  rewound_from=plan.rewound_from)  # fmt: skip
         self.worker.queue.add_statuses(self.claim.deployment_id, self.target, [status])

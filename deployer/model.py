@@ -90,13 +90,15 @@ class Plan:
     """What a deployment will do: affected stacks, why, and the order as levels.
 
     `order` lists levels of stacks that may run together; the executor is finer than that and starts
-    a stack as soon as its own dependencies have succeeded.
+    a stack as soon as its own dependencies have succeeded. `rewound_from` lists deployed commits the
+    target does not contain (the branch was force-pushed or reset past them).
     """
 
     target: str
     base: str | None
     stacks: tuple[PlannedStack, ...]
     order: tuple[tuple[StackName, ...], ...]
+    rewound_from: tuple[str, ...] = ()
 
     @property
     def runnable(self) -> tuple[PlannedStack, ...]:
@@ -118,18 +120,47 @@ class StackState(enum.StrEnum):
     FAILED = "failed"
     SKIPPED = "skipped"
     ROLLED_BACK = "rolled_back"
+    #: a deployed stack whose folder is gone and that pruning leaves running (reported, never run)
+    ORPHANED = "orphaned"
 
 
 class Reason(enum.StrEnum):
-    """The closed set of reasons a stack did not succeed, shared by logs, statuses and audit."""
+    """The closed set of reasons a deployment or a stack did not succeed, shared by logs, statuses and audit.
 
-    FETCH_FAILED = "FetchFailed"
+    Each is either transient (the world was not ready: retry the same commit later) or terminal (the
+    commit itself is at fault: wait for a new commit, a manual request or `force`); TRANSIENT says which.
+    """
+
+    # transient: nothing is wrong with the commit
+    FETCH_FAILED = "FetchFailed"  # the remote could not be reached or read
+    ENGINE_UNREACHABLE = "EngineUnreachable"  # the Docker engine did not answer
+    LOCK_HELD = "LockHeld"  # another deployment held the deploy lock
+    KEY_UNAVAILABLE = "KeyUnavailable"  # the age identity file is missing or unreadable
+    DISK_FULL = "DiskFull"  # no space left on a device
+    INTERRUPTED = "Interrupted"  # the deployer was stopped mid-deployment
+    # terminal: the commit (or the request) is at fault
+    NOT_ON_BRANCH = "NotOnBranch"  # a push named a commit the branch does not contain
+    REF_NOT_FOUND = "RefNotFound"  # no branch, tag or commit by that name
     PLAN_INVALID = "PlanInvalid"
     SECRET_DECRYPT_FAILED = "SecretDecryptFailed"  # noqa: S105 -- a reason name, not a password
     COMPOSE_INVALID = "ComposeInvalid"
     COMPOSE_FAILED = "ComposeFailed"
     HEALTH_CHECK_FAILED = "HealthCheckFailed"
+    # not a failure of its own: a dependency failed, so this stack was not tried
     DEPENDENCY_FAILED = "DependencyFailed"
+
+
+#: reasons that say "not now" rather than "this commit is bad": the reconcile loop retries them with backoff
+TRANSIENT: frozenset[Reason] = frozenset(
+    {
+        Reason.FETCH_FAILED,
+        Reason.ENGINE_UNREACHABLE,
+        Reason.LOCK_HELD,
+        Reason.KEY_UNAVAILABLE,
+        Reason.DISK_FULL,
+        Reason.INTERRUPTED,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -163,20 +194,46 @@ class DeploymentState(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Outcome:
-    """The result of one deployment: per-stack results, or the error that stopped it before any."""
+    """The result of one deployment: per-stack results, or the error that stopped it before any.
+
+    `superseded_by` is set when the deployment did not run because the branch head contains its
+    commit (a late delivery); `reason` is why it failed, from the closed Reason set.
+    """
 
     deployment_id: str
     commit: str | None
     results: tuple[StackResult, ...] = ()
     error: str | None = None
-    error_code: str | None = None
+    reason: Reason | None = None
     exit_code: int = 0
+    superseded_by: str | None = None
+    rewound_from: tuple[str, ...] = ()
 
     @property
     def state(self) -> DeploymentState:
+        if self.superseded_by is not None:
+            return DeploymentState.SUPERSEDED
         if self.error is not None or any(r.state is not StackState.SUCCEEDED for r in self.results):
             return DeploymentState.FAILED
         return DeploymentState.SUCCEEDED
+
+    @property
+    def transient(self) -> bool:
+        """Whether it failed for a reason that clears by itself (then the same commit is retried)."""
+        return self.state is DeploymentState.FAILED and self.reason in TRANSIENT
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """The newest deployment of the branch that ran or is in hand (superseded ones do not count)."""
+
+    deployment_id: str
+    commit: str
+    state: DeploymentState
+    reason: Reason | None
+    finished_at: float | None
+    #: failed deployments of this same commit in a row, newest first, that failed for a transient reason
+    transient_failures: int = 0
 
 
 class StatusState(enum.StrEnum):

@@ -11,8 +11,18 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
-from deployer.model import CommitStatus, DeploymentState, StatusTarget, new_deployment_id, rfc3339
+from deployer.model import (
+    TRANSIENT,
+    Attempt,
+    CommitStatus,
+    DeploymentState,
+    Reason,
+    StatusTarget,
+    new_deployment_id,
+    rfc3339,
+)
 from deployer.state import StateStore
 
 __all__ = ["UNDELIVERED", "Claim", "Enqueued", "Queue", "StatusTarget", "Undelivered"]
@@ -26,6 +36,9 @@ UNDELIVERED = (
     " AND next_attempt <= ? ORDER BY id LIMIT ?"
 )
 
+_REASON_CODES = frozenset(str(r) for r in Reason)
+_TRANSIENT_CODES = frozenset(str(r) for r in TRANSIENT)
+
 #: deployments in these states are finished: a redelivery of their webhook is deliberate
 _FINISHED = (DeploymentState.FAILED,)
 
@@ -38,14 +51,13 @@ class Enqueued:
 
 @dataclass(frozen=True)
 class Claim:
-    """A deployment the worker took off the queue, and the queued ones it overtook."""
+    """A deployment the worker took off the queue."""
 
     deployment_id: str
     commit: str
     ref: str
     trigger: str
     actor: str | None
-    superseded: tuple[tuple[str, str], ...]  # (deployment id, commit)
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,7 @@ class Queue:
         target: StatusTarget | None = None,
         pending: CommitStatus | None = None,
         deployment_id: str | None = None,
+        reason: str | None = None,
     ) -> Enqueued:
         """Queue a deployment of `commit`, in one transaction with its delivery and pending status.
 
@@ -91,9 +104,9 @@ class Queue:
                     return Enqueued(seen["id"], duplicate_of=seen["id"])
             db.execute(
                 "INSERT INTO deployments (id, commit_sha, ref, trigger, actor, state, created_at, forge_repo,"
-                " forge_api_url) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " forge_api_url, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (deployment_id, commit, ref, trigger, actor, DeploymentState.QUEUED, rfc3339(),
-                 target.repo if target else None, target.api_url if target else None),
+                 target.repo if target else None, target.api_url if target else None, reason),
             )  # fmt: skip
             if delivery is not None:
                 db.execute(
@@ -107,34 +120,63 @@ class Queue:
         return Enqueued(deployment_id)
 
     def claim(self) -> Claim | None:
-        """Take the newest queued deployment; every older queued one of the same ref is superseded by it."""
+        """Take the newest queued deployment (latest wins); the older ones wait until it is verified.
+
+        Only a commit the branch contains may overtake the others (supersede_older), so a push of a
+        commit from elsewhere can never cancel the deployments queued before it.
+        """
         with self.store.transaction() as db:
             row = db.execute(
                 "SELECT * FROM deployments WHERE state = ? ORDER BY rowid DESC LIMIT 1", (DeploymentState.QUEUED,)
             ).fetchone()
             if row is None:
                 return None
-            older = db.execute(
-                "SELECT id, commit_sha FROM deployments WHERE state = ? AND ref = ? AND id != ? ORDER BY rowid",
-                (DeploymentState.QUEUED, row["ref"], row["id"]),
-            ).fetchall()
-            now = rfc3339()
-            db.executemany(
-                "UPDATE deployments SET state = ?, superseded_by = ?, finished_at = ? WHERE id = ?",
-                [(DeploymentState.SUPERSEDED, row["commit_sha"], now, o["id"]) for o in older],
-            )
             db.execute(
                 "UPDATE deployments SET state = ?, started_at = ? WHERE id = ?",
-                (DeploymentState.RUNNING, now, row["id"]),
+                (DeploymentState.RUNNING, rfc3339(), row["id"]),
             )
         return Claim(
-            deployment_id=row["id"],
-            commit=row["commit_sha"],
-            ref=row["ref"],
-            trigger=row["trigger"],
+            deployment_id=row["id"], commit=row["commit_sha"], ref=row["ref"], trigger=row["trigger"],
             actor=row["actor"],
-            superseded=tuple((o["id"], o["commit_sha"]) for o in older),
-        )
+        )  # fmt: skip
+
+    def supersede_older(self, claim: Claim, *, by: str) -> list[tuple[str, str]]:
+        """Supersede, by commit `by`, every deployment of the claim's ref queued before it; return (id, commit)."""
+        with self.store.transaction() as db:
+            older = db.execute(
+                "SELECT id, commit_sha FROM deployments WHERE state = ? AND ref = ? AND trigger IN ('webhook', 'poll')"
+                " AND rowid < (SELECT rowid FROM deployments WHERE id = ?) ORDER BY rowid",
+                (DeploymentState.QUEUED, claim.ref, claim.deployment_id),
+            ).fetchall()
+            db.executemany(
+                "UPDATE deployments SET state = ?, superseded_by = ?, finished_at = ? WHERE id = ?",
+                [(DeploymentState.SUPERSEDED, by, rfc3339(), o["id"]) for o in older],
+            )
+        return [(o["id"], o["commit_sha"]) for o in older]
+
+    def latest_attempt(self, ref: str) -> Attempt | None:
+        """The newest deployment of `ref` that ran or is in hand, with its transient failures in a row."""
+        with self.store.read() as db:
+            rows = db.execute(
+                "SELECT id, commit_sha, state, error_code, finished_at FROM deployments WHERE ref = ? AND state != ?"
+                " AND commit_sha IS NOT NULL ORDER BY rowid DESC LIMIT 64",
+                (ref, DeploymentState.SUPERSEDED),
+            ).fetchall()
+        if not rows:
+            return None
+        newest = rows[0]
+        failures = 0
+        for row in rows:
+            if row["commit_sha"] != newest["commit_sha"] or row["state"] != DeploymentState.FAILED:
+                break
+            if row["error_code"] not in _TRANSIENT_CODES:
+                break
+            failures += 1
+        reason = Reason(newest["error_code"]) if newest["error_code"] in _REASON_CODES else None
+        return Attempt(
+            deployment_id=newest["id"], commit=newest["commit_sha"], state=DeploymentState(newest["state"]),
+            reason=reason, finished_at=_epoch(newest["finished_at"]), transient_failures=failures,
+        )  # fmt: skip
 
     def requeue_interrupted(self) -> list[str]:
         """Put deployments left running by a crash back in the queue; return their ids."""
@@ -147,13 +189,6 @@ class Queue:
             db.execute("DELETE FROM deployment_stacks WHERE deployment_id IN (SELECT id FROM deployments"
                        " WHERE state = ?) AND state IN ('pending', 'running')", (DeploymentState.QUEUED,))  # fmt: skip
         return [row["id"] for row in rows]
-
-    def has_deployment_of(self, commit: str, ref: str) -> bool:
-        with self.store.read() as db:
-            row = db.execute(
-                "SELECT 1 FROM deployments WHERE commit_sha = ? AND ref = ? LIMIT 1", (commit, ref)
-            ).fetchone()
-        return row is not None
 
     def status_target(self, deployment_id: str) -> StatusTarget | None:
         with self.store.read() as db:
@@ -212,6 +247,10 @@ class Queue:
         with self.store.read() as db:
             row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else json.loads(row["value"])
+
+
+def _epoch(stamp: str | None) -> float | None:
+    return None if stamp is None else datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 def _add_statuses(

@@ -18,7 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deployer.model import Action, DeploymentState, Plan, StackResult, StackState, new_deployment_id, rfc3339
+from deployer.model import (
+    TRANSIENT,
+    Action,
+    DeploymentState,
+    Outcome,
+    Plan,
+    Reason,
+    StackResult,
+    StackState,
+    new_deployment_id,
+    rfc3339,
+)
 
 __all__ = ["StackRecord", "StateStore"]
 
@@ -37,7 +48,10 @@ CREATE TABLE IF NOT EXISTS deployments (
     error_code TEXT,
     forge_repo TEXT,
     forge_api_url TEXT,
-    superseded_by TEXT
+    superseded_by TEXT,
+    reason TEXT,
+    rewound_from TEXT NOT NULL DEFAULT '[]',
+    retry_at TEXT
 );
 CREATE INDEX IF NOT EXISTS deployments_by_state ON deployments (state, ref);
 CREATE TABLE IF NOT EXISTS deployment_stacks (
@@ -102,6 +116,9 @@ _ADDED_COLUMNS = (
     ("deployments", "superseded_by", "TEXT"),
     ("deployment_stacks", "depends_on", "TEXT NOT NULL DEFAULT '[]'"),
     ("stacks", "depends_on", "TEXT NOT NULL DEFAULT '[]'"),
+    ("deployments", "reason", "TEXT"),
+    ("deployments", "rewound_from", "TEXT NOT NULL DEFAULT '[]'"),
+    ("deployments", "retry_at", "TEXT"),
 )
 
 
@@ -192,13 +209,20 @@ class StateStore:
     def start_deployment(
         self, deployment_id: str, plan: Plan, *, depends_on: Mapping[str, tuple[str, ...]] | None = None
     ) -> None:
-        """Mark the deployment running at the plan's commit, with every planned stack pending."""
+        """Mark the deployment running at the plan's commit, with every planned stack pending.
+
+        Orphaned stacks are recorded as such (reported, never run); a rewind is said in the reason.
+        """
         depends_on = depends_on or {}
+        rewound = f"history rewound from {', '.join(c[:12] for c in plan.rewound_from)}" if plan.rewound_from else None
         with self._tx() as db:
             db.execute(
-                "UPDATE deployments SET state = ?, commit_sha = ?, started_at = ? WHERE id = ?",
-                (DeploymentState.RUNNING, plan.target, rfc3339(), deployment_id),
-            )
+                "UPDATE deployments SET state = ?, commit_sha = ?, started_at = ?, rewound_from = ?,"
+                " reason = CASE WHEN ? IS NULL THEN reason WHEN reason IS NULL THEN ? ELSE reason || '; ' || ? END"
+                " WHERE id = ?",
+                (DeploymentState.RUNNING, plan.target, rfc3339(), json.dumps(list(plan.rewound_from)),
+                 rewound, rewound, rewound, deployment_id),
+            )  # fmt: skip
             db.executemany(
                 "INSERT INTO deployment_stacks (deployment_id, position, name, action, reasons, state, depends_on)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -209,7 +233,7 @@ class StateStore:
                         s.name,
                         s.action,
                         json.dumps(list(s.reasons)),
-                        StackState.PENDING,
+                        StackState.ORPHANED if s.action is Action.ORPHANED else StackState.PENDING,
                         json.dumps(list(depends_on.get(s.name, ()))),
                     )
                     for i, s in enumerate(plan.stacks)
@@ -241,14 +265,20 @@ class StateStore:
                     (result.name, commit, rfc3339(result.finished_at), deployment_id, deployment_id, result.name),
                 )
 
-    def finish_deployment(
-        self, deployment_id: str, state: DeploymentState, *, error: str | None = None, error_code: str | None = None
-    ) -> None:
+    def finish_deployment(self, deployment_id: str, outcome: Outcome) -> None:
+        """Record how a deployment ended: its state, why it failed (a Reason) or what superseded it."""
         with self._tx() as db:
             db.execute(
-                "UPDATE deployments SET state = ?, finished_at = ?, error = ?, error_code = ? WHERE id = ?",
-                (state, rfc3339(), error, error_code, deployment_id),
-            )
+                "UPDATE deployments SET state = ?, finished_at = ?, error = ?, error_code = ?, superseded_by = ?,"
+                " commit_sha = COALESCE(?, commit_sha) WHERE id = ?",
+                (outcome.state, rfc3339(), outcome.error, outcome.reason, outcome.superseded_by, outcome.commit,
+                 deployment_id),
+            )  # fmt: skip
+
+    def set_retry(self, deployment_id: str, retry_at: float | None) -> None:
+        """When the reconcile loop will try this failed deployment's commit again (None: it will not)."""
+        with self._tx() as db:
+            db.execute("UPDATE deployments SET retry_at = ? WHERE id = ?", (_stamp(retry_at), deployment_id))
 
     def supersede(self, deployment_id: str, *, by: str) -> None:
         """End a deployment that will not run because `by` (a newer commit) is deployed already."""
@@ -312,14 +342,19 @@ class StateStore:
             return None if row is None else self._shape(row, with_output=with_output)
 
     def _shape(self, row: Mapping[str, Any], *, with_output: bool = False) -> dict[str, Any]:
-        stacks = self._db.execute(
+        rows = self._db.execute(
             "SELECT * FROM deployment_stacks WHERE deployment_id = ? ORDER BY position", (row["id"],)
         ).fetchall()
+        stacks = [s for s in rows if s["state"] != StackState.ORPHANED]
+        reason = Reason(row["error_code"]) if row["error_code"] in Reason.__members__.values() else None
         return {
             "id": row["id"], "commit": row["commit_sha"], "ref": row["ref"], "trigger": row["trigger"],
             "actor": row["actor"], "state": row["state"], "created_at": row["created_at"],
-            "superseded_by": row["superseded_by"],
+            "superseded_by": row["superseded_by"], "reason": row["reason"],
             "started_at": row["started_at"], "finished_at": row["finished_at"], "error": row["error"],
+            "error_reason": reason, "transient": None if reason is None else reason in TRANSIENT,
+            "retry_at": row["retry_at"], "rewound_from": json.loads(row["rewound_from"] or "[]"),
+            "orphaned": [s["name"] for s in rows if s["state"] == StackState.ORPHANED],
             "stacks": [
                 {
                     "name": s["name"], "action": s["action"], "reasons": json.loads(s["reasons"]),

@@ -13,10 +13,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from graphlib import TopologicalSorter
 
-from deployer.errors import DeployerError, HealthCheckError, SecretError
+from deployer.errors import DeployerError
 from deployer.model import PlannedStack, Reason, StackName, StackResult, StackState
+from deployer.reasons import reason_for
 
-__all__ = ["Work", "reason_for", "run_stacks"]
+__all__ = ["Work", "run_stacks"]
 
 #: deploy or remove one stack; raise DeployerError on failure, return compose's output on success
 Work = Callable[[PlannedStack], str]
@@ -66,15 +67,6 @@ def run_stacks(
     return tuple(results[s.name] for s in stacks)
 
 
-def reason_for(error: BaseException) -> Reason:
-    """The closed-set reason for an error raised while bringing a stack up."""
-    if isinstance(error, HealthCheckError):
-        return Reason.HEALTH_CHECK_FAILED
-    if isinstance(error, SecretError):
-        return Reason.SECRET_DECRYPT_FAILED
-    return Reason.COMPOSE_FAILED
-
-
 def _attempt(work: Work, planned: PlannedStack, started: StackResult) -> StackResult:
     try:
         output = work(planned)
@@ -90,7 +82,7 @@ def _attempt(work: Work, planned: PlannedStack, started: StackResult) -> StackRe
     except Exception as error:  # noqa: BLE001 -- one stack's bug must not stop the others
         message = f"stack {planned.name}: unexpected error: {type(error).__name__}: {error}"
         return replace(
-            started, state=StackState.FAILED, reason=Reason.COMPOSE_FAILED, error=message, finished_at=time.time()
+            started, state=StackState.FAILED, reason=reason_for(error), error=message, finished_at=time.time()
         )
     return replace(started, state=StackState.SUCCEEDED, output=output or None, finished_at=time.time())
 

@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 
-from deployer.errors import SecretError
+from deployer.errors import KeyUnavailableError, SecretError
 from deployer.runner import CommandRunner
 from deployer.sopsfile import FORMATS
 
@@ -49,11 +49,37 @@ def decrypt_files(
     """
     values: dict[str, str] = {}
     for path in paths:
+        _require_identity(path, env)
         result = runner.run(decrypt_argv(path), env=env, cwd=repo_root, timeout=60)
         if not result.ok:
             raise SecretError(f"{path}: cannot decrypt: {_cause(result.returncode, result.stderr)}")
         values |= _flat_values(path, result.stdout)
     return values
+
+
+def _require_identity(path: PurePosixPath, env: Mapping[str, str]) -> None:
+    """Raise KeyUnavailableError when no age identity can even be read.
+
+    sops answers a missing key file exactly as it answers a key that cannot decrypt (exit 128); the
+    two differ for the operator: a key put back fixes the first by itself (transient), the second
+    needs a new commit (terminal).
+    """
+    if env.get("SOPS_AGE_KEY") or env.get("SOPS_AGE_KEY_CMD") or env.get("SOPS_AGE_SSH_PRIVATE_KEY_FILE"):
+        return
+    named = env.get("SOPS_AGE_KEY_FILE")
+    if named:
+        key_file = Path(named)
+    else:  # sops' default: $XDG_CONFIG_HOME/sops/age/keys.txt, else ~/.config/sops/age/keys.txt
+        config = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".config")
+        key_file = Path(config) / "sops" / "age" / "keys.txt"
+    try:
+        with key_file.open("rb"):
+            pass
+    except OSError as error:
+        where = "SOPS_AGE_KEY_FILE" if named else "no SOPS_AGE_KEY_FILE is set and sops' default"
+        raise KeyUnavailableError(
+            f"{path}: cannot decrypt: {where} {key_file} cannot be read ({error.strerror or error})"
+        ) from None
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:

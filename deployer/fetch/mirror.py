@@ -7,12 +7,14 @@ is a worktree of its own mirror, forced to one commit.
 from __future__ import annotations
 
 import re
+import shutil
 import threading
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 import git
 
-from deployer.errors import FetchError
+from deployer.errors import FetchError, RefNotFoundError
 
 __all__ = ["Mirror", "redact_url"]
 
@@ -20,14 +22,24 @@ _SHA = re.compile(r"^[0-9a-f]{4,40}$")
 
 
 class Mirror:
-    """A bare mirror of `url` at `path`, created on first use."""
+    """A bare mirror of `url` at `path` that holds the deploying branch and nothing else.
 
-    def __init__(self, path: Path, url: str) -> None:
+    Only `refs/heads/<branch>` is fetched (never `refs/pull/*`, other branches or tags), so a commit
+    that exists only elsewhere in the remote is never in hand by accident; `fetch_ref` fetches one
+    more named ref when a person asks for it explicitly (`deployer deploy --ref v1.2`).
+    """
+
+    def __init__(self, path: Path, url: str, *, branch: str = "main") -> None:
         self.path = path.resolve()
         self.url = _absolute(url)
+        self.branch = branch
         self._repo: git.Repo | None = None
         # `worktree add` and `worktree prune` edit the mirror's shared worktree list: one at a time.
         self._worktrees = threading.Lock()
+
+    @property
+    def branch_ref(self) -> str:
+        return f"refs/heads/{self.branch}"
 
     @property
     def repo(self) -> git.Repo:
@@ -37,26 +49,63 @@ class Mirror:
             self._repo = git.Repo(self.path)
         return self._repo
 
-    def sync(self) -> None:
-        """Clone the mirror, or fetch every branch and tag into it (pruning deleted ones).
+    def sync(self) -> str:
+        """Fetch the deploying branch (creating the mirror first) and return its head commit.
 
-        Raises FetchError when the repository cannot be reached.
+        A rewound branch is taken as it is now (forced update). Refs a mirror of an older deployer
+        held (every ref of the remote) are dropped. Raises FetchError when the repository cannot be
+        reached or has no such branch.
         """
+        refspec = f"+{self.branch_ref}:{self.branch_ref}"
         try:
             if not (self.path / "HEAD").exists():
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._repo = git.Repo.clone_from(self.url, self.path, mirror=True)
-                return
-            if self.repo.remotes.origin.url != self.url:
-                self.repo.remotes.origin.set_url(self.url)
-            self.repo.git.fetch("--prune", "--force", "origin")
+                self.path.mkdir(parents=True, exist_ok=True)
+                self._repo = git.Repo.init(self.path, bare=True)
+                self._repo.create_remote("origin", self.url)
+            repo = self.repo
+            with repo.config_writer() as config:
+                config.set_value('remote "origin"', "url", self.url)
+                config.set_value('remote "origin"', "fetch", refspec)
+                if config.has_option('remote "origin"', "mirror"):
+                    config.remove_option('remote "origin"', "mirror")
+            repo.git.fetch("--force", "--no-tags", "--no-write-fetch-head", "origin", refspec)
         except git.GitCommandError as error:
-            raise FetchError(f"cannot fetch {redact_url(self.url)}: {_git_error(error)}") from error
+            cause = _git_error(error)
+            if "couldn't find remote ref" in cause:
+                cause = f"it has no branch {self.branch}"
+            raise FetchError(f"cannot fetch {redact_url(self.url)}: {cause}") from error
+        self._drop_other_refs()
+        return self.resolve(self.branch_ref)
+
+    def fetch_ref(self, ref: str) -> None:
+        """Fetch one more branch or tag that a person named (a manual deploy of another ref).
+
+        Raises FetchError when it cannot be fetched; a ref that is not there is not an error here
+        (resolve() then says it does not exist).
+        """
+        for candidate in (ref,) if ref.startswith("refs/") else (f"refs/tags/{ref}", f"refs/heads/{ref}"):
+            try:
+                self.repo.git.fetch(
+                    "--force", "--no-tags", "--no-write-fetch-head", "origin", f"+{candidate}:{candidate}"
+                )
+                return
+            except git.GitCommandError as error:
+                if "couldn't find remote ref" not in _git_error(error):
+                    raise FetchError(f"cannot fetch {ref} from {redact_url(self.url)}: {_git_error(error)}") from error
+
+    def object_format(self) -> str:
+        """`sha1` or `sha256`: how this repository names its objects."""
+        return str(self.repo.git.rev_parse("--show-object-format")).strip() or "sha1"
+
+    def _drop_other_refs(self) -> None:
+        refs = self.repo.git.for_each_ref("--format=%(refname)").split()
+        for stale in (ref for ref in refs if ref != self.branch_ref):  # only once, after an upgrade
+            self.repo.git.update_ref("-d", stale)
 
     def resolve(self, ref: str) -> str:
         """The full commit sha of a branch, tag or (abbreviated) sha.
 
-        Raises FetchError when nothing by that name exists.
+        Raises RefNotFoundError when nothing by that name exists.
         """
         candidates = [f"refs/heads/{ref}", f"refs/tags/{ref}", ref]
         if ref.startswith("refs/"):
@@ -68,7 +117,14 @@ class Mirror:
             except git.GitCommandError:
                 continue
         kind = "commit" if _SHA.match(ref) else "branch, tag or commit"
-        raise FetchError(f"{kind} {ref!r} does not exist in {redact_url(self.url)}")
+        raise RefNotFoundError(f"{kind} {ref!r} does not exist in {redact_url(self.url)}")
+
+    def try_resolve(self, ref: str) -> str | None:
+        """resolve() without fetching or raising: None when the mirror cannot say (yet)."""
+        try:
+            return self.resolve(ref)
+        except FetchError:
+            return None
 
     def has_commit(self, sha: str) -> bool:
         try:
@@ -78,12 +134,16 @@ class Mirror:
         return True
 
     def is_ancestor(self, commit: str, of: str) -> bool:
-        """Whether `commit` is reachable from `of` (an older commit of the same history)."""
+        """Whether `commit` is reachable from `of` (`of` itself included); False for a commit not in the mirror."""
         try:
             self.repo.git.merge_base("--is-ancestor", commit, of)
         except git.GitCommandError:
             return False
         return True
+
+    def not_ancestors(self, commits: Iterable[str], *, of: str) -> tuple[str, ...]:
+        """The commits that `of` does not contain (gone from its history, or from the mirror), sorted."""
+        return tuple(sorted(c for c in set(commits) if c != of and not self.is_ancestor(c, of)))
 
     def changed_paths(self, base: str, target: str) -> frozenset[str] | None:
         """Paths that differ between two commits, from git's own diff; None if `base` is gone.
@@ -113,6 +173,8 @@ class Mirror:
         """
         path = path.resolve()  # git runs inside the mirror: a relative path would land there
         try:
+            if (path / ".git").exists() and not self._linked(path):
+                self._relink(path, sha)
             if (path / ".git").exists():
                 worktree = git.Repo(path)
                 worktree.git.checkout("--detach", "--force", sha)
@@ -124,6 +186,32 @@ class Mirror:
         except git.GitCommandError as error:
             raise FetchError(f"cannot check out {sha[:12]} into {path}: {_git_error(error)}") from error
         return path
+
+    def _linked(self, path: Path) -> bool:
+        """Whether the worktree at `path` still belongs to this mirror (not to one deleted and made anew)."""
+        try:
+            common = git.Repo(path).git.rev_parse("--path-format=absolute", "--git-common-dir")
+        except (git.GitCommandError, git.InvalidGitRepositoryError, git.NoSuchPathError):
+            return False
+        return Path(common.strip()).resolve() == self.path
+
+    def _relink(self, path: Path, sha: str) -> None:
+        """Make `path` a worktree of this mirror again, keeping its files (a stack's untracked data).
+
+        git will not add a worktree over a folder that has files, so the new worktree is registered in
+        an empty folder beside it and its link moved over.
+        """
+        spare = path.with_name(f".{path.name}.relink")
+        shutil.rmtree(spare, ignore_errors=True)
+        (path / ".git").unlink()
+        with self._worktrees:
+            self.repo.git.worktree("prune")
+            self.repo.git.worktree("add", "--detach", "--no-checkout", str(spare), sha)
+        link = (spare / ".git").read_text().split(":", 1)[1].strip()
+        Path(link, "gitdir").write_text(str(path / ".git") + "\n")
+        (spare / ".git").rename(path / ".git")
+        spare.rmdir()
+        git.Repo(path).git.reset("--quiet", "--mixed", sha)  # the index, so that checkout below sees the files
 
     def clean_checkout(self, sha: str, path: Path) -> Path:
         """Make `path` exactly the tree of `sha`: tracked files forced, everything else removed.

@@ -24,6 +24,7 @@ def make_plan(
     requested: Collection[StackName] = (),
     prune: bool = False,
     base: str | None = None,
+    rewound_from: Collection[str] = (),
 ) -> Plan:
     """Decide which stacks `target` deploys, removes or reports as orphaned, and in what order.
 
@@ -35,12 +36,16 @@ def make_plan(
     dependencies that were never deployed; nothing is removed. Without it, the affected stacks
     deploy and stacks deployed but gone from the catalog are removed (`prune`) or orphaned.
 
+    `rewound_from` names deployed commits that `target` does not contain (a force-push or reset):
+    a stack deployed from one of them still plans against it, and says so first among its reasons.
+
     Raises PlanError for a requested stack that is not in the catalog.
     """
     unknown = sorted(set(requested) - set(catalog.stacks))
     if unknown:
         raise PlanError(f"no such stack: {', '.join(unknown)} (known: {', '.join(catalog) or 'none'})")
-    reasons = {name: _reasons(name, catalog, deployed, changes) for name in catalog}
+    rewound = frozenset(rewound_from)
+    reasons = {name: _rewound(name, deployed, rewound, _reasons(name, catalog, deployed, changes)) for name in catalog}
     if requested:
         chosen = _with_undeployed_dependencies(catalog, requested, deployed)
         selected = {n: reasons[n] or ((REQUESTED,) if n in requested else (FIRST_DEPLOY,)) for n in chosen}
@@ -62,7 +67,17 @@ def make_plan(
     order = levels({s.name: s.depends_on for s in deploys})
     if prune and gone:
         order = (tuple(gone), *order)
-    return Plan(target=target, base=base, stacks=(*removals, *deploys), order=order)
+    return Plan(
+        target=target, base=base, stacks=(*removals, *deploys), order=order, rewound_from=tuple(sorted(rewound))
+    )
+
+
+def _rewound(
+    name: StackName, deployed: Mapping[StackName, str], rewound: frozenset[str], reasons: tuple[str, ...]
+) -> tuple[str, ...]:
+    if not reasons or deployed.get(name) not in rewound:
+        return reasons
+    return (f"history rewound from {deployed[name][:12]}", *reasons)
 
 
 def _reasons(

@@ -25,9 +25,12 @@ def describe_queued(sha: str, deployment_id: str, *, target_url: str | None) -> 
     return CommitStatus(sha, CONTEXT, StatusState.PENDING, f"queued as deployment {deployment_id}", target_url)
 
 
-def describe_running(sha: str, stacks: list[str], *, target_url: str | None) -> CommitStatus:
+def describe_running(
+    sha: str, stacks: list[str], *, target_url: str | None, rewound_from: tuple[str, ...] = ()
+) -> CommitStatus:
     what = ", ".join(stacks) if stacks else "no stack changed"
-    return CommitStatus(sha, CONTEXT, StatusState.RUNNING, one_line(f"deploying: {what}"), target_url)
+    return CommitStatus(sha, CONTEXT, StatusState.RUNNING, one_line(_rewound(rewound_from) + f"deploying: {what}"),
+                        target_url)  # fmt: skip
 
 
 def describe_superseded(sha: str, by: str, *, target_url: str | None) -> CommitStatus:
@@ -69,7 +72,15 @@ def _overall_state(outcome: Outcome) -> StatusState:
     return StatusState.SUCCESS
 
 
+def _rewound(commits: tuple[str, ...]) -> str:
+    return f"history rewound from {', '.join(c[:12] for c in commits)}; " if commits else ""
+
+
 def _overall_text(outcome: Outcome) -> str:
+    return _rewound(outcome.rewound_from) + _results_text(outcome)
+
+
+def _results_text(outcome: Outcome) -> str:
     if not outcome.results:
         return "nothing to deploy: no stack changed"
     done = sum(r.state is StackState.SUCCEEDED for r in outcome.results)

@@ -42,6 +42,17 @@ def stacks() -> ResponseReturnValue:
     return jsonify(shaped)
 
 
+@api.get("/api/branch")
+def branch() -> ResponseReturnValue:
+    """What the reconcile loop last concluded about the branch head: converged, queued, a retry due, or why not."""
+    service = Service.current(current_app)
+    found = service.queue.meta("reconcile")
+    if not isinstance(found, dict):
+        found = {"branch": service.settings.branch, "head": None, "next": "unknown", "why": "not checked yet",
+                 "retry_at": None, "checked_at": None}  # fmt: skip
+    return jsonify(found)
+
+
 @api.get("/healthz")
 def healthz() -> ResponseReturnValue:
     return jsonify(status="ok")

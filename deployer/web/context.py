@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flask import Flask
 
@@ -26,6 +26,7 @@ class Service:
     store: StateStore
     queue: Queue
     journal: Journal
+    _known: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(cls, settings: Settings) -> Service:
@@ -39,6 +40,16 @@ class Service:
     def current(app: Flask) -> Service:
         service: Service = app.extensions[_KEY]
         return service
+
+    def object_format(self) -> str | None:
+        """The repository's object format ("sha1", "sha256") once the deploy worker has fetched it; else None."""
+        known = self._known.get("object_format")
+        if known is None:
+            found = self.queue.meta("object_format")
+            known = found if found in ("sha1", "sha256") else None
+            if known is not None:  # it never changes for a repository: read once per process
+                self._known["object_format"] = known
+        return known
 
     def enqueue_push(self, event: PushEvent) -> Enqueued:
         """Queue a push with its delivery id and its `pending` status, in one transaction."""

@@ -31,7 +31,9 @@ def webhook() -> ResponseReturnValue:
         raise SignatureError(f"{forge} delivery carries no signature")
     signed = signed_bytes(forge, headers, body)
     verify_signature(forge, signed=signed, headers=headers, secret=service.settings.webhook_secret)
-    event = parse_delivery(forge, headers, signed, branch=service.settings.branch)
+    event = parse_delivery(
+        forge, headers, signed, branch=service.settings.branch, object_format=service.object_format()
+    )
     if isinstance(event, Ignored):
         log.info("webhook from %s ignored: %s", forge, event.reason)
         return jsonify(ignored=event.reason), 200

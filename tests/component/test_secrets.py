@@ -8,7 +8,9 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from deployer.apply import decrypt_files
-from deployer.errors import SecretError
+from deployer.errors import KeyUnavailableError, SecretError
+from deployer.model import TRANSIENT, Reason
+from deployer.reasons import reason_for
 from deployer.runner import SubprocessRunner
 from deployer.settings import Settings
 from tests.conftest import AgeKey, tool_environ
@@ -61,10 +63,22 @@ def test_wrong_key_names_the_file_and_the_cause_without_values(
     )
 
 
-def test_no_key_at_all(repo: ConfigRepo, tmp_path: Path, age_key: AgeKey) -> None:
+def test_no_key_at_all_is_a_key_unavailable_not_a_bad_secret(repo: ConfigRepo, tmp_path: Path, age_key: AgeKey) -> None:
+    """No identity anywhere is transient (the operator puts the key in place); a key that cannot decrypt is not."""
     repo.secret("secrets/db.env", {"DB_PASSWORD": PASSWORD})
-    with pytest.raises(SecretError, match=r"no age identity can decrypt it"):
+    with pytest.raises(KeyUnavailableError, match=r"no SOPS_AGE_KEY_FILE is set and sops' default .*keys\.txt cannot"):
         decrypt(repo, tmp_path, None, "secrets/db.env")
+
+
+def test_a_key_file_that_is_gone_is_a_key_unavailable(repo: ConfigRepo, tmp_path: Path, age_key: AgeKey) -> None:
+    repo.secret("secrets/db.env", {"DB_PASSWORD": PASSWORD})
+    gone = AgeKey(tmp_path / "removed-key.txt", age_key.recipient)
+    with pytest.raises(KeyUnavailableError) as caught:
+        decrypt(repo, tmp_path, gone, "secrets/db.env")
+    assert str(caught.value) == (
+        f"secrets/db.env: cannot decrypt: SOPS_AGE_KEY_FILE {gone.path} cannot be read (No such file or directory)"
+    )
+    assert reason_for(caught.value) is Reason.KEY_UNAVAILABLE and Reason.KEY_UNAVAILABLE in TRANSIENT
 
 
 def test_tampered_file_is_a_mac_mismatch(repo: ConfigRepo, tmp_path: Path, age_key: AgeKey) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from flask.testing import FlaskClient
 
-from deployer.model import DeploymentState
+from deployer.model import Outcome, Reason
 from deployer.queue import Queue
 from deployer.settings import Settings
 from deployer.state import StateStore
@@ -147,7 +147,7 @@ def test_a_redelivery_while_in_hand_is_a_duplicate_but_after_a_failure_it_deploy
     assert again.status_code == 200
     assert again.get_json() == {"ignored": "duplicate delivery guid-1", "deployment_id": first}
     store = StateStore(settings.state_dir / "state.db")
-    store.finish_deployment(first, DeploymentState.FAILED, error="boom")
+    store.finish_deployment(first, Outcome(first, SHA, error="boom", reason=Reason.COMPOSE_FAILED))
     redelivered = post(client, delivery)
     assert redelivered.status_code == 202
     assert redelivered.get_json()["deployment_id"] != first

@@ -153,7 +153,8 @@ def test_a_late_webhook_for_an_older_commit_does_not_roll_back(
     webhook(client, forge.forge, new)
     worker.run_claim(worker.queue.claim())  # type: ignore[arg-type]
     late = webhook(client, forge.forge, old)
-    assert worker.run_claim(worker.queue.claim()) is None  # type: ignore[arg-type]
+    outcome = worker.run_claim(worker.queue.claim())  # type: ignore[arg-type]
+    assert (outcome.state, outcome.superseded_by, outcome.results) == ("superseded", new, ())
     record = service_deps.store.deployment(late)
     assert record is not None and (record["state"], record["superseded_by"]) == ("superseded", new)
     assert service_deps.store.last_good()[f"{prefix}-app"] == new

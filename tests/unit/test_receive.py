@@ -60,8 +60,9 @@ def verify(forge: str, d: Delivery, secret: str | None = SECRET, signed: bytes |
     verify_signature(Forge(forge), signed=data, headers=d.headers, secret=secret)
 
 
-def parse(forge: str, d: Delivery, *, branch: str = "main") -> PushEvent | Ignored:
-    return parse_delivery(Forge(forge), d.headers, signed_bytes(Forge(forge), d.headers, d.body), branch=branch)
+def parse(forge: str, d: Delivery, *, branch: str = "main", object_format: str | None = None) -> PushEvent | Ignored:
+    signed = signed_bytes(Forge(forge), d.headers, d.body)
+    return parse_delivery(Forge(forge), d.headers, signed, branch=branch, object_format=object_format)
 
 
 def hex_mac(data: bytes, secret: str = SECRET) -> str:
@@ -565,3 +566,271 @@ def without(forge: str, *keys: str) -> Delivery:
 def test_parse_delivery_refuses(forge: str, d: Delivery) -> None:
     with pytest.raises(EventError):
         parse(forge, d)
+
+
+def mangled(forge: str, path: str, value: Any, *, after: str = AFTER) -> Delivery:
+    """A push to main with the field at a dotted `path` set to `value` (objects on the way are created)."""
+    payload = push_payload(forge, after=after, before=BEFORE)
+    *parents, last = path.split(".")
+    container = payload
+    for key in parents:
+        container = container.setdefault(key, {})
+    container[last] = value
+    return delivery(forge, payload=payload)
+
+
+def with_raw(forge: str, key: str, text: str) -> Delivery:
+    """A push to main whose top-level `key` holds the JSON text `text`, which Python could not dump itself."""
+    body = json.dumps(push_payload(forge, after=AFTER, before=BEFORE) | {key: "@@"}).replace('"@@"', text)
+    return delivery(forge, payload=body.encode())
+
+
+SHA256 = "a" * 64
+NON_GITLAB = ("github", "gitea", "forgejo")
+GITEA_LIKE = ("gitea", "forgejo")
+
+#: (forge, delivery, object_format, what the message must name): the malformed shapes of the issue, for every forge
+MALFORMED = [
+    *(
+        pytest.param(f, mangled(f, path, value), None, path, id=f"{f}-{path}-{label}")
+        for f in FORGES
+        for path, value, label in [
+            ("repository", "ops/config", "string"),
+            ("repository", ["ops/config"], "list"),
+            ("repository", 5, "number"),
+            ("commits", {"id": AFTER}, "object"),
+            ("commits", "x", "string"),
+            ("commits", True, "boolean"),
+            ("ref", 5, "number"),
+            ("before", ["x"], "list"),
+        ]
+    ),
+    *(pytest.param(f, mangled(f, "commits", [{}, 1]), None, "commits[1]", id=f"{f}-commit-a-number") for f in FORGES),
+    *(
+        pytest.param(f, mangled(f, path, value), None, path, id=f"{f}-{path}-{label}")
+        for f in NON_GITLAB
+        for path, value, label in [
+            ("pusher", "op", "string"),
+            ("sender", "op", "string"),
+            ("sender", ["op"], "list"),
+            ("sender.login", {}, "object"),
+            ("sender.username", 7, "number"),
+            ("pusher.name", ["op"], "list"),
+            ("repository.full_name", 5, "number"),
+        ]
+    ),
+    *(
+        pytest.param(f, mangled(f, "repository.html_url", []), None, "repository.html_url", id=f"{f}-html-url-list")
+        for f in GITEA_LIKE
+    ),
+    *(
+        pytest.param(f, mangled(f, "repository", "x", after=ZERO), None, "repository", id=f"{f}-deletion-read-in-full")
+        for f in NON_GITLAB
+    ),
+    pytest.param("gitea", mangled("gitea", "sender", 1, after=BEFORE), None, "sender", id="gitea-test-delivery-read"),
+    *(
+        pytest.param("gitlab", mangled("gitlab", path, value), None, path, id=f"gitlab-{path}-{label}")
+        for path, value, label in [
+            ("project", "ops/config", "string"),
+            ("project", [], "list"),
+            ("project", 15, "number"),
+            ("project.path_with_namespace", [], "list"),
+            ("project.web_url", 5, "number"),
+            ("user_username", {}, "object"),
+            ("user_name", ["Op"], "list"),
+            ("project_id", 0, "zero"),
+            ("project_id", -15, "negative"),
+            ("project_id", 2**63 + 1, "past-64-bit"),
+            ("project_id", 10**90, "huge"),
+            ("project_id", True, "boolean"),
+            ("project_id", 1.5, "float"),
+            ("project_id", "ops", "non-digit-string"),
+            ("project_id", {}, "object"),
+        ]
+    ),
+    pytest.param(
+        "github",
+        mangled("github", "repository.statuses_url", 5),
+        None,
+        "repository.statuses_url",
+        id="github-statuses-url-number",
+    ),
+    pytest.param("github", mangled("github", "deleted", "yes"), None, "deleted", id="github-deleted-a-string"),
+    *(
+        pytest.param(
+            f, with_raw(f, "commits", "[" * 100_000 + "]" * 100_000), None, "nested too deeply", id=f"{f}-deep-nesting"
+        )
+        for f in FORGES
+    ),
+    *(
+        pytest.param(
+            f,
+            with_raw(f, "project_id" if f == "gitlab" else "repository", "9" * 5000),
+            None,
+            "integer of more than",
+            id=f"{f}-5000-digit-number",
+        )
+        for f in FORGES
+    ),
+    *(
+        pytest.param(f, with_raw(f, "total", "-" + "1" * 101), None, "integer of more than", id=f"{f}-101-digit-number")
+        for f in FORGES
+    ),
+    *(pytest.param(f, pushed(f, after=SHA256), "sha1", "after", id=f"{f}-sha256-after-on-sha1") for f in FORGES),
+    *(pytest.param(f, pushed(f, after=AFTER), "sha256", "after", id=f"{f}-sha1-after-on-sha256") for f in FORGES),
+    pytest.param("github", pushed("github", after=SHA256), None, "after", id="github-sha256-after"),
+    pytest.param("github", pushed("github", after="0" * 64), None, "after", id="github-sha256-zero-after"),
+    *(pytest.param(f, pushed(f, before="main"), None, "before", id=f"{f}-before-a-branch-name") for f in FORGES),
+    pytest.param("gitlab", pushed("gitlab", before="1" * 41), None, "before", id="gitlab-before-41-hex"),
+    pytest.param(
+        "gitea", pushed("gitea", before=BEFORE.upper().replace("1", "A")), None, "before", id="gitea-before-uppercase"
+    ),
+    *(
+        pytest.param(
+            f,
+            mangled(f, "repository.object_format_name", value),
+            None,
+            "repository.object_format_name",
+            id=f"{f}-object-format-name-{label}",
+        )
+        for f in GITEA_LIKE
+        for value, label in [("md5", "unknown"), ("SHA1", "uppercase"), (1, "number"), ([], "list")]
+    ),
+    *(
+        pytest.param(
+            f,
+            mangled(f, "repository.object_format_name", "sha256"),
+            None,
+            "after",
+            id=f"{f}-sha1-after-on-named-sha256",
+        )
+        for f in GITEA_LIKE
+    ),
+]
+
+
+@pytest.mark.parametrize(("forge", "d", "object_format", "field"), MALFORMED)
+def test_parse_delivery_names_the_malformed_field(
+    forge: str, d: Delivery, object_format: str | None, field: str
+) -> None:
+    verify(forge, d)
+    with pytest.raises(EventError) as caught:
+        parse(forge, d, object_format=object_format)
+    message = caught.value.message
+    assert field in message
+    assert "\n" not in message
+    assert len(message) <= 200
+
+
+@pytest.mark.parametrize(
+    ("forge", "d", "object_format"),
+    [
+        *(pytest.param(f, pushed(f, after=SHA256), "sha256", id=f"{f}-sha256") for f in ("gitea", "forgejo", "gitlab")),
+        *(pytest.param(f, pushed(f, after=SHA256), None, id=f"{f}-sha256-unknown-format") for f in GITEA_LIKE),
+        *(pytest.param(f, pushed(f, after=AFTER), "sha1", id=f"{f}-sha1") for f in FORGES),
+        *(
+            pytest.param(
+                f, mangled(f, "repository.object_format_name", "sha256", after=SHA256), None, id=f"{f}-named-sha256"
+            )
+            for f in GITEA_LIKE
+        ),
+        *(
+            pytest.param(
+                f,
+                mangled(f, "repository.object_format_name", "sha1", after=SHA256),
+                "sha256",
+                id=f"{f}-the-mirror-overrules-the-payload",
+            )
+            for f in GITEA_LIKE
+        ),
+        *(
+            pytest.param(f, mangled(f, "repository.object_format_name", None), None, id=f"{f}-object-format-null")
+            for f in GITEA_LIKE
+        ),
+        pytest.param("gitlab", pushed("gitlab", before=ZERO64, after=SHA256), None, id="gitlab-sha256-creation"),
+    ],
+)
+def test_parse_delivery_accepts_the_repository_object_format(
+    forge: str, d: Delivery, object_format: str | None
+) -> None:
+    event = parse(forge, d, object_format=object_format)
+    assert isinstance(event, PushEvent)
+    assert event.after in (AFTER, SHA256)
+
+
+@pytest.mark.parametrize(
+    ("forge", "d", "object_format", "reason"),
+    [
+        pytest.param(
+            "forgejo",
+            pushed("forgejo", before=ZERO64, after=ZERO64),
+            "sha256",
+            "test delivery",
+            id="forgejo-sha256-test-delivery",
+        ),
+        pytest.param(
+            "gitlab", pushed("gitlab", after=ZERO64), "sha256", "branch deletion", id="gitlab-sha256-deletion"
+        ),
+        pytest.param("gitea", pushed("gitea", after=ZERO), "sha1", "branch deletion", id="gitea-sha1-deletion"),
+        *(
+            pytest.param(
+                f, pushed(f, branch="dev", after=SHA256), "sha1", "dev", id=f"{f}-other-branch-not-read-in-full"
+            )
+            for f in FORGES
+        ),
+    ],
+)
+def test_parse_delivery_ignores_whatever_the_object_format(
+    forge: str, d: Delivery, object_format: str | None, reason: str
+) -> None:
+    result = parse(forge, d, object_format=object_format)
+    assert isinstance(result, Ignored)
+    assert reason in result.reason
+
+
+@pytest.mark.parametrize(
+    ("fields", "repo", "actor"),
+    [
+        pytest.param({"project": None, "project_id": "15"}, "15", "op", id="project-id-as-digits"),
+        pytest.param({"project": {"id": 15}, "project_id": 2**63}, str(2**63), "op", id="largest-project-id"),
+        pytest.param({"project_id": None, "user_username": None}, "ops/config", "Op", id="no-project-id-no-username"),
+        pytest.param(
+            {"project": None, "project_id": None, "user_username": "", "user_name": None},
+            None,
+            None,
+            id="nothing-named",
+        ),
+    ],
+)
+def test_parse_delivery_gitlab_optional_fields(fields: dict[str, Any], repo: str | None, actor: str | None) -> None:
+    event = parse("gitlab", pushed("gitlab", **fields))
+    assert isinstance(event, PushEvent)
+    assert (event.repo, event.actor) == (repo, actor)
+
+
+def test_parse_delivery_null_objects_are_absent() -> None:
+    event = parse("github", pushed("github", repository=None, sender=None, pusher={"name": None}, commits=None))
+    assert event == PushEvent(
+        forge=Forge.GITHUB,
+        delivery_id="d-1",
+        ref="refs/heads/main",
+        before=BEFORE,
+        after=AFTER,
+        repo=None,
+        api_url="https://api.github.com",
+        actor=None,
+    )
+
+
+@pytest.mark.parametrize("object_format", ["SHA1", "sha-256", ""])
+def test_parse_delivery_refuses_an_unknown_object_format_argument(object_format: str) -> None:
+    with pytest.raises(ValueError, match="object_format"):
+        parse("gitea", delivery("gitea"), object_format=object_format)
+
+
+def test_unsupported_content_type_is_quoted_short_and_on_one_line() -> None:
+    for content_type in ("text/" + "x" * 500, "text/\u2028\U0001f600\n" * 50):
+        with pytest.raises(EventError) as caught:
+            signed_bytes(Forge.GITHUB, {"Content-Type": content_type}, b"{}")
+        assert len(caught.value.message) <= 200
+        assert len(caught.value.message.splitlines()) == 1

@@ -1,0 +1,25 @@
+"""The deploy pipeline: fetch -> plan -> preflight -> apply -> report, for one commit.
+
+This is the one package that imports more than one stage:
+- `wiring`: what a deployment talks to (Deps), what it was asked (Request), how it shows progress;
+- `deploy`: the use case, as numbered steps;
+- `record`: the one recorder of a deployment's state changes and their audit events;
+- `queries`: what the CLI and the worker ask of the repository without deploying (branch head,
+  plans, whether what runs is what the branch says).
+"""
+
+from deployer.pipeline.deploy import deploy
+from deployer.pipeline.queries import (
+    PLACEHOLDER,
+    branch_head,
+    converged,
+    plan_against_deployed,
+    plan_between,
+    validate_tree,
+)
+from deployer.pipeline.wiring import BRANCH_TRIGGERS, Deps, Progress, Request, SilentProgress
+
+__all__ = [
+    "BRANCH_TRIGGERS", "PLACEHOLDER", "Deps", "Progress", "Request", "SilentProgress", "branch_head", "converged",
+    "deploy", "plan_against_deployed", "plan_between", "validate_tree",
+]  # fmt: skip

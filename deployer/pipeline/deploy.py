@@ -1,0 +1,270 @@
+"""The deploy use case: one request, from the branch as fetched to every stack's recorded result."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Collection, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from deployer.apply import decrypt_files, run_stacks
+from deployer.errors import DeployerError, EngineError, NotOnBranchError, RefNotFoundError
+from deployer.fetch import Mirror
+from deployer.lock import deploy_lock
+from deployer.model import TRANSIENT, Action, Catalog, Outcome, Plan, PlannedStack, Reason, StackResult, StackState
+from deployer.pipeline.record import Recorder
+from deployer.pipeline.wiring import Deps, Progress, Request, SilentProgress
+from deployer.plan import load_catalog, make_plan
+from deployer.reasons import reason_for
+
+__all__ = ["deploy"]
+
+_FULL_SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A plan with its catalog and each deploying stack's decrypted environment (memory only)."""
+
+    plan: Plan
+    catalog: Catalog
+    envs: Mapping[str, Mapping[str, str]]
+
+
+def deploy(
+    deps: Deps,
+    request: Request,
+    *,
+    deployment_id: str | None = None,
+    progress: Progress | None = None,
+) -> Outcome:
+    """Deploy `request.ref`: the affected stacks (or exactly `request.stacks`), in dependency order.
+
+    Pass the id of an already queued deployment to run that one. Never raises DeployerError: bad
+    input (unknown commit, invalid catalog, undecryptable secret, compose file rejected, a push of a
+    commit the branch does not contain) ends the deployment before any stack changes, with exit code
+    2; a stack that fails to come up fails the deployment with exit code 1, after unrelated stacks
+    finished. Every failure carries a Reason, transient or terminal. An interruption (Ctrl-C,
+    SIGTERM turned into an exception) is recorded as an interrupted deployment and re-raised.
+    """
+    progress = progress or SilentProgress()
+    record = Recorder(deps, deployment_id, request) if deployment_id else Recorder.queued(deps, request)
+    try:
+        # 1. One deployment at a time per state directory.
+        with deploy_lock(deps.settings.state_dir):
+            outcome = _deploy_locked(deps, record, request, progress)
+    except DeployerError as error:  # the lock is held: say which commit waits, without fetching
+        outcome = record.not_started(error, commit=_known_commit(deps, request))
+    except BaseException:
+        interrupted = Outcome(record.deployment_id, _known_commit(deps, request), error="interrupted",
+                              reason=Reason.INTERRUPTED)  # fmt: skip
+        record.finish(interrupted)
+        raise
+    return record.finish(outcome)
+
+
+def _deploy_locked(deps: Deps, record: Recorder, request: Request, progress: Progress) -> Outcome:
+    # 2. The branch as it is now, from a fresh fetch, and the exact commit asked for.
+    progress.phase(f"fetching {request.ref}")
+    mirror = deps.mirror(request.repo_url)
+    try:
+        head = mirror.sync()
+        target = _resolve(mirror, request)
+    except DeployerError as error:
+        return record.not_started(error, commit=_known_commit(deps, request))
+    # 3. A push or poll deploys only what the branch contains; an older commit of it is a late delivery.
+    if request.follows_branch and target != head:
+        return _not_the_head(deps, record, mirror, target=target, head=head)
+    # 4. Plan against each stack's last good commit (gone from the branch or not), in a clean checkout.
+    try:
+        tree = mirror.clean_checkout(target, deps.checkouts / "deploy")
+        plan, catalog = _plan(deps, mirror, tree, target=target, requested=request.stacks)
+    except DeployerError as error:
+        return record.not_started(error, commit=target)
+    record.started(plan, depends_on={n: catalog[n].depends_on for n in catalog})
+    progress.phase(_describe(plan))
+    progress.planned(plan)
+    # 5. Preflight: every input of every deploying stack is proven good before anything changes.
+    prepared = _preflight(deps, record, plan, catalog=catalog, tree=tree, progress=progress)
+    if isinstance(prepared, Outcome):
+        return prepared
+    # 6. The engine answers, or nothing is touched (retried once it is back).
+    problem = deps.backend.ping() if not plan.is_empty else None
+    if problem is not None:
+        return _stopped(record, plan, EngineError(f"docker engine not reachable: {problem}"), progress)
+    # 7. Apply: removals, then deploys in dependency order, recording each result as it lands.
+    results = _apply(deps, record, prepared, mirror, progress)
+    return Outcome(record.deployment_id, target, results, exit_code=_exit_code(results),
+                   reason=_failure_reason(deps, results), rewound_from=plan.rewound_from)  # fmt: skip
+
+
+def _not_the_head(deps: Deps, record: Recorder, mirror: Mirror, *, target: str, head: str) -> Outcome:
+    """A push of a commit that is not the branch head: superseded by the head if it is an older commit
+    of the branch (a late delivery, never a rollback), else refused (it would deploy what the branch
+    does not say: another branch, a fork's pull request, a commit a force-push dropped)."""
+    if mirror.is_ancestor(target, head):
+        return Outcome(record.deployment_id, target, superseded_by=head)
+    branch = deps.settings.branch
+    error = NotOnBranchError(f"commit {target[:12]} is not on {branch} (its head is {head[:12]}): not deployed")
+    return record.refused(error, commit=target)
+
+
+def _resolve(mirror: Mirror, request: Request) -> str:
+    """The commit `request.ref` names; a person's branch or tag is fetched on demand. Raises FetchError.
+
+    A push's sha that the fetched branch does not have is returned as it is: step 3 refuses it.
+    """
+    try:
+        return mirror.resolve(request.ref)
+    except RefNotFoundError:
+        if request.follows_branch and _FULL_SHA.match(request.ref):
+            return request.ref
+        if request.follows_branch or _FULL_SHA.match(request.ref):
+            raise
+    mirror.fetch_ref(request.ref)
+    return mirror.resolve(request.ref)
+
+
+def _known_commit(deps: Deps, request: Request) -> str | None:
+    """The commit a deployment is about without fetching: the sha it names, or what the mirror has."""
+    if _FULL_SHA.match(request.ref):
+        return request.ref
+    if not (deps.settings.state_dir / "mirror.git" / "HEAD").exists():
+        return None
+    return deps.mirror(request.repo_url).try_resolve(request.ref)
+
+
+def _plan(deps: Deps, mirror: Mirror, tree: Path, *, target: str, requested: Collection[str]) -> tuple[Plan, Catalog]:
+    catalog = load_catalog(tree, stacks_dir=deps.settings.stacks_dir)
+    deployed = deps.store.last_good()
+    bases = set(deployed.values())
+    changes = {base: mirror.changed_paths(base, target) for base in bases}
+    plan = make_plan(catalog, target=target, deployed=deployed, changes=changes, requested=requested,
+                     prune=deps.settings.prune, rewound_from=mirror.not_ancestors(bases, of=target))  # fmt: skip
+    return plan, catalog
+
+
+def _preflight(
+    deps: Deps, record: Recorder, plan: Plan, *, catalog: Catalog, tree: Path, progress: Progress
+) -> _Prepared | Outcome:
+    """Decrypt each deploying stack's secrets and have compose check its file; stop at any failure.
+
+    Stacks are checked side by side (`docker compose config` takes ~75 ms each), at most
+    DEPLOYER_MAX_PARALLEL at once.
+    """
+
+    def check(name: str) -> Mapping[str, str] | StackResult:
+        stack = catalog[name]
+        try:
+            if stack.secrets:
+                progress.phase(f"{name}: decrypting {', '.join(map(str, stack.secrets))}")
+            env = decrypt_files(stack.secrets, repo_root=tree, runner=deps.runner, env=deps.settings.sops_env)
+            deps.backend.check(stack, workdir=tree, env=env)
+        except DeployerError as error:
+            now = time.time()
+            return StackResult(name, Action.DEPLOY, StackState.FAILED, reason=_input_reason(error),
+                               error=error.message, started_at=now, finished_at=now)  # fmt: skip
+        if stack.secrets:
+            record.secrets_decrypted(commit=plan.target, stack=name, files=[str(p) for p in stack.secrets])
+        return env
+
+    names = [s.name for s in plan.runnable if s.action is Action.DEPLOY]
+    with ThreadPoolExecutor(max_workers=deps.settings.max_parallel, thread_name_prefix="preflight") as pool:
+        checked = dict(zip(names, pool.map(check, names), strict=True))
+    failures = [r for r in checked.values() if isinstance(r, StackResult)]
+    if failures:
+        return _refused_input(record, plan, failures, progress)
+    envs = {name: env for name, env in checked.items() if not isinstance(env, StackResult)}
+    return _Prepared(plan=plan, catalog=catalog, envs=envs)
+
+
+def _input_reason(error: DeployerError) -> Reason:
+    """Preflight failures: a secret or key problem keeps its reason; anything compose said is ComposeInvalid."""
+    reason = reason_for(error)
+    return reason if reason in TRANSIENT or reason is Reason.SECRET_DECRYPT_FAILED else Reason.COMPOSE_INVALID
+
+
+def _refused_input(record: Recorder, plan: Plan, failures: list[StackResult], progress: Progress) -> Outcome:
+    """Record a deployment stopped by its input: the culprits failed, every other stack skipped.
+
+    A transient cause (a key file that is gone) makes the whole deployment transient; otherwise exit 2.
+    """
+    failed = {f.name: f for f in failures}
+    why = f"not started: invalid input in {', '.join(sorted(failed))}"
+    transient = [f for f in failures if f.reason in TRANSIENT]
+    if transient:
+        why = f"not started: {transient[0].error}"
+    results = []
+    for planned in plan.runnable:
+        result = failed.get(planned.name) or StackResult(planned.name, planned.action, StackState.SKIPPED,
+                                                         reason=Reason.PLAN_INVALID, error=why)  # fmt: skip
+        record.stack(result, commit=plan.target)
+        progress.stack(result)
+        results.append(result)
+    first = (transient or failures)[0]
+    return Outcome(record.deployment_id, plan.target, tuple(results), error=first.error, reason=first.reason,
+                   exit_code=1 if transient else 2, rewound_from=plan.rewound_from)  # fmt: skip
+
+
+def _stopped(record: Recorder, plan: Plan, error: DeployerError, progress: Progress) -> Outcome:
+    """Nothing can start (the engine is gone): every planned stack skipped with the reason."""
+    reason = reason_for(error)
+    now = time.time()
+    results = []
+    for planned in plan.runnable:
+        result = StackResult(planned.name, planned.action, StackState.SKIPPED, reason=reason, error=error.message,
+                             started_at=now, finished_at=now)  # fmt: skip
+        record.stack(result, commit=plan.target)
+        progress.stack(result)
+        results.append(result)
+    return Outcome(record.deployment_id, plan.target, tuple(results), error=error.message, reason=reason,
+                   exit_code=error.exit_code, rewound_from=plan.rewound_from)  # fmt: skip
+
+
+def _apply(
+    deps: Deps, record: Recorder, prepared: _Prepared, mirror: Mirror, progress: Progress
+) -> tuple[StackResult, ...]:
+    plan, catalog, envs = prepared.plan, prepared.catalog, prepared.envs
+    worktrees = deps.settings.state_dir / "stacks"
+
+    def bring_up(planned: PlannedStack) -> str:
+        workdir = mirror.checkout(plan.target, worktrees / planned.name)
+        return deps.backend.up(catalog[planned.name], workdir=workdir, env=envs[planned.name])
+
+    def take_down(planned: PlannedStack) -> str:
+        return deps.backend.down(planned.name)
+
+    def on_change(result: StackResult) -> None:
+        record.stack(result, commit=plan.target)
+        progress.stack(result)
+
+    removals = [s for s in plan.runnable if s.action is Action.REMOVE]
+    deploys = [s for s in plan.runnable if s.action is Action.DEPLOY]
+    limit = deps.settings.max_parallel
+    removed = run_stacks(removals, take_down, max_parallel=limit, on_change=on_change)
+    return removed + run_stacks(deploys, bring_up, max_parallel=limit, on_change=on_change)
+
+
+def _failure_reason(deps: Deps, results: tuple[StackResult, ...]) -> Reason | None:
+    """Why the deployment failed: the first failed stack's reason, unless the engine has gone away since."""
+    failed = [r for r in results if r.state is StackState.FAILED]
+    if not failed:
+        return None
+    if any(r.reason in TRANSIENT for r in failed):
+        return next(r.reason for r in failed if r.reason in TRANSIENT)
+    if deps.backend.ping() is not None:  # compose failed because the engine stopped answering mid-way
+        return Reason.ENGINE_UNREACHABLE
+    return failed[0].reason
+
+
+def _exit_code(results: tuple[StackResult, ...]) -> int:
+    return 0 if all(r.state is StackState.SUCCEEDED for r in results) else 1
+
+
+def _describe(plan: Plan) -> str:
+    rewound = f" (history rewound from {', '.join(c[:12] for c in plan.rewound_from)})" if plan.rewound_from else ""
+    if plan.is_empty:
+        return f"nothing to deploy at {plan.target[:12]}{rewound}: no stack changed since its last good deployment"
+    return f"deploying {plan.target[:12]}{rewound}: " + " -> ".join(", ".join(level) for level in plan.order)

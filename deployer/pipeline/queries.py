@@ -1,0 +1,101 @@
+"""What the CLI and the deploy worker ask of the repository without deploying anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from deployer.errors import DeployerError
+from deployer.lock import plan_lock
+from deployer.model import Catalog, Plan
+from deployer.pipeline.wiring import Deps
+from deployer.plan import load_catalog, make_plan, stack_names_in
+
+__all__ = ["PLACEHOLDER", "branch_head", "converged", "plan_against_deployed", "plan_between", "validate_tree"]
+
+#: the value each secret key gets when validating without decrypting
+PLACEHOLDER = "1"
+
+
+def branch_head(deps: Deps, *, repo_url: str) -> str:
+    """Fetch the deploying branch and return its head commit. Raises FetchError."""
+    return deps.mirror(repo_url).sync()
+
+
+def plan_between(deps: Deps, *, repo_url: str, base: str | None, target_ref: str) -> Plan:
+    """The plan from commit `base` (None: every stack is a first deploy) to `target_ref`.
+
+    Raises FetchError, CatalogError or PlanError.
+    """
+    mirror = deps.mirror(repo_url)
+    mirror.sync()
+    target = mirror.resolve(target_ref)
+    base_sha = mirror.resolve(base) if base else None
+    stacks_dir = deps.settings.stacks_dir
+    with plan_lock(deps.settings.state_dir):
+        catalog = load_catalog(mirror.clean_checkout(target, deps.checkouts / "plan"), stacks_dir=stacks_dir)
+    previous = stack_names_in(mirror.files(base_sha, stacks_dir), stacks_dir=stacks_dir) if base_sha else ()
+    deployed = {name: base_sha for name in previous if base_sha}
+    changes = {base_sha: mirror.changed_paths(base_sha, target)} if base_sha else {}
+    return make_plan(catalog, target=target, deployed=deployed, changes=changes, base=base_sha,
+                     prune=deps.settings.prune, rewound_from=mirror.not_ancestors(changes, of=target))  # fmt: skip
+
+
+def plan_against_deployed(deps: Deps, *, repo_url: str, target_ref: str | None = None, fetch: bool = True) -> Plan:
+    """The plan from what is deployed now (each stack's last good commit) to `target_ref` (the branch head).
+
+    Raises FetchError, CatalogError or PlanError.
+    """
+    mirror = deps.mirror(repo_url)
+    head = mirror.sync() if fetch else mirror.resolve(mirror.branch_ref)
+    target = mirror.resolve(target_ref) if target_ref else head
+    deployed = deps.store.last_good()
+    bases = set(deployed.values())
+    with plan_lock(deps.settings.state_dir):
+        catalog = load_catalog(mirror.clean_checkout(target, deps.checkouts / "plan"),
+                               stacks_dir=deps.settings.stacks_dir)  # fmt: skip
+    changes = {base: mirror.changed_paths(base, target) for base in bases}
+    return make_plan(catalog, target=target, deployed=deployed, changes=changes, prune=deps.settings.prune,
+                     rewound_from=mirror.not_ancestors(bases, of=target))  # fmt: skip
+
+
+def converged(deps: Deps, *, repo_url: str, head: str) -> bool:
+    """Whether what runs is what `head` says: every stack's last good commit is the head's view of it.
+
+    True when planning from the deployed commits to `head` finds nothing to deploy or remove (a stack
+    unchanged since an older or rewound commit counts as converged; an orphan is only reported). A
+    head that cannot be planned (invalid catalog) is not converged. Cheap when every stack is at
+    `head` already: then only the stack folders are listed. Raises FetchError.
+    """
+    deployed = deps.store.last_good()
+    mirror = deps.mirror(repo_url)
+    stacks_dir = deps.settings.stacks_dir
+    if deployed and set(deployed.values()) == {head}:
+        at_head = set(stack_names_in(mirror.files(head, stacks_dir), stacks_dir=stacks_dir))
+        if at_head == set(deployed):
+            return True
+    try:
+        plan = plan_against_deployed(deps, repo_url=repo_url, target_ref=head, fetch=False)
+    except DeployerError:
+        return False
+    return plan.is_empty
+
+
+def validate_tree(deps: Deps, path: Path) -> Catalog:
+    """Check every stack in the working tree at `path` without decrypting or deploying.
+
+    Secret keys get a placeholder value so that `docker compose config` can interpolate.
+    Raises CatalogError or ComposeInvalidError (listing every rejected stack).
+    """
+    catalog = load_catalog(path, stacks_dir=deps.settings.stacks_dir)
+    problems = []
+    for name in catalog:
+        stack = catalog[name]
+        env = {key: PLACEHOLDER for keys in stack.secret_keys.values() for key in keys}
+        try:
+            deps.backend.check(stack, workdir=path.resolve(), env=env)
+        except DeployerError as error:
+            problems.append(error)
+    if problems:
+        first = problems[0]
+        raise type(first)(first.message, details=tuple(p.message for p in problems))
+    return catalog

@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     plan = commands.add_parser("plan", help="print the affected stacks, why, and the order")
     plan.add_argument("--from", dest="base", metavar="SHA", help="base commit (default: every stack is new)")
     plan.add_argument("--to", dest="target", metavar="SHA", help="target commit (default: the branch head)")
+    plan.add_argument("--against-deployed", action="store_true",
+                      help="plan from what is deployed now (each stack's last good commit), not --from")  # fmt: skip
     _repo_option(plan)
     plan.add_argument("--json", action="store_true", help="print the plan as one JSON object")
     plan.set_defaults(handler=_plan)
@@ -152,12 +154,17 @@ def _repo_url(args: argparse.Namespace, settings: Settings) -> str:
 
 
 def _plan(args: argparse.Namespace, settings: Settings) -> int:
-    from deployer.pipeline import Deps, plan_between  # lazy: `serve` keeps git out of the gunicorn master
+    from deployer.pipeline import Deps, plan_against_deployed, plan_between  # lazy: keeps git out of gunicorn
 
+    if args.against_deployed and args.base:
+        raise ConfigError("--against-deployed plans from what is deployed: it takes no --from")
     deps = Deps.from_settings(settings)
-    plan = plan_between(
-        deps, repo_url=_repo_url(args, settings), base=args.base, target_ref=args.target or settings.branch
-    )
+    if args.against_deployed:
+        plan = plan_against_deployed(deps, repo_url=_repo_url(args, settings), target_ref=args.target)
+    else:
+        plan = plan_between(
+            deps, repo_url=_repo_url(args, settings), base=args.base, target_ref=args.target or settings.branch
+        )
     print(json.dumps(_plan_json(plan), indent=2) if args.json else format_plan(plan))
     return 0
 

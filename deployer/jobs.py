@@ -56,8 +56,8 @@ class Worker:
     def run(self, stop: threading.Event) -> None:
         """Drain the queue until `stop` is set; a deployment under way is finished first.
 
-        With polling on, the branch is reconciled at start, every `poll_interval` seconds, and when a
-        retry of a transient failure falls due.
+        With polling on, the branch is reconciled at start and every `poll_interval` seconds; with it
+        on or off, whenever a retry of a transient failure falls due.
         """
         resumed = self.queue.requeue_interrupted()
         if resumed:
@@ -73,9 +73,9 @@ class Worker:
                 self.heartbeat()
                 next_beat = now + HEARTBEAT
             due = self.retry_due is not None and time.time() >= self.retry_due
-            if interval and (now >= next_poll or due):
+            if now >= next_poll or due:  # a retry a failed push scheduled is kept with polling off too
                 self.reconcile()
-                next_poll = now + interval
+                next_poll = now + interval if interval else float("inf")
             claim = self.queue.claim()
             if claim is None:
                 stop.wait(self.idle_wait)

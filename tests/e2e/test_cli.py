@@ -170,3 +170,30 @@ def test_a_relative_state_dir_works_from_any_folder(repo: ConfigRepo, prefix: st
     assert result.returncode == 0, result.stderr
     assert f"{prefix}-a" in result.stdout
     assert (work / ".deployer" / "stacks" / f"{prefix}-a" / "stacks" / f"{prefix}-a" / "compose.yaml").is_file()
+
+
+@pytest.mark.usefixtures("engine")
+def test_plan_against_deployed_and_a_tag_deployed_by_name(
+    repo: ConfigRepo, prefix: str, tmp_path: Path, age_key: AgeKey
+) -> None:
+    """`plan --against-deployed` starts from each stack's last good commit; `deploy --ref TAG` fetches the tag,
+    which the mirror (the deploying branch only) does not hold otherwise."""
+    a, b = f"{prefix}-a", f"{prefix}-b"
+    repo.stack(a, {"main": service(environment={"V": "1"})})
+    repo.stack(b)
+    first = repo.commit("two stacks")
+    subprocess.run(["git", "tag", "v1"], cwd=repo.path, check=True)
+    assert deployer(tmp_path, age_key, "deploy", "--repo", repo.url, "--ref", "v1").returncode == 0
+    repo.stack(a, {"main": service(environment={"V": "2"})})
+    second = repo.commit("a v2")
+
+    ahead = json.loads(deployer(tmp_path, age_key, "plan", "--repo", repo.url, "--against-deployed", "--json").stdout)
+    assert (ahead["to"], ahead["stacks"]) == (second, [{"name": a, "action": "deploy",
+                                                        "reasons": [f"stacks/{a}/compose.yaml"]}])  # fmt: skip
+    assert deployer(tmp_path, age_key, "deploy", "--repo", repo.url).returncode == 0
+    subprocess.run(["git", "reset", "--quiet", "--hard", first], cwd=repo.path, check=True)
+    back = json.loads(deployer(tmp_path, age_key, "plan", "--repo", repo.url, "--against-deployed", "--json").stdout)
+    rewound = [f"history rewound from {second[:12]}", f"stacks/{a}/compose.yaml"]
+    assert back["stacks"] == [{"name": a, "action": "deploy", "reasons": rewound}]
+    both = deployer(tmp_path, age_key, "plan", "--repo", repo.url, "--against-deployed", "--from", first)
+    assert both.returncode == 2 and "takes no --from" in both.stderr

@@ -1,0 +1,288 @@
+"""What runs is what the branch says, tried the way an operator and an attacker would.
+
+Each test runs a real `deployer serve` (gunicorn web workers and the deploy worker) against a config
+repository made with real git, real sops and age, and the real Docker engine; the forge's status API
+is tests/servers.py's stand-in, which checks the documented request shapes. The faults are real too:
+a remote renamed away, an age key file moved, the deploy lock held by another process, history
+rewritten and garbage-collected.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import AgeKey, tool_environ
+from tests.e2e.served import BROKEN, SECRET, Served, container_env, wait_for
+from tests.helpers import ConfigRepo, git, service
+from tests.servers import ForgeServer
+
+pytestmark = pytest.mark.usefixtures("engine")
+
+Serve = Callable[..., Served]
+
+
+@pytest.fixture
+def forge() -> Iterator[ForgeServer]:
+    server = ForgeServer("gitea")
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def serve(tmp_path: Path, repo: ConfigRepo, age_key: AgeKey, forge: ForgeServer) -> Iterator[Serve]:
+    """Start `deployer serve` on this test's repository (poll interval and other settings as given)."""
+    started: list[Served] = []
+
+    def start(*, poll: int = 0, key: AgeKey | None = age_key, **extra: str) -> Served:
+        env = tool_environ(tmp_path, key, DEPLOYER_REPO_URL=repo.url, DEPLOYER_WEBHOOK_SECRET=SECRET,
+                           DEPLOYER_FORGE="gitea", DEPLOYER_FORGE_API_URL=forge.api_url,
+                           DEPLOYER_FORGE_TOKEN=forge.token, DEPLOYER_POLL_INTERVAL=str(poll), **extra)  # fmt: skip
+        served = Served(env, log=tmp_path / f"serve-{len(started)}.log")
+        started.append(served)
+        return served
+
+    yield start
+    for served in started:
+        served.stop()
+        assert SECRET not in served.log()
+
+
+def version(repo: ConfigRepo, name: str, value: str, **deployer: object) -> str:
+    repo.stack(name, {"main": service(environment={"VERSION": value})}, deployer=deployer or None)
+    return repo.commit(f"{name} v{value}")
+
+
+def test_a_push_of_a_commit_not_on_the_branch_is_refused_and_nothing_deploys(
+    serve: Serve, repo: ConfigRepo, forge: ForgeServer, prefix: str
+) -> None:
+    """A signed push naming main with the sha of a commit that exists only on another branch, or only in a
+    fork's pull request (refs/pull/*), deploys nothing: the mirror never even fetches it."""
+    name = f"{prefix}-app"
+    good = version(repo, name, "1")
+    git(repo.path, "checkout", "--quiet", "-b", "feature")
+    evil = version(repo, name, "evil")
+    git(repo.path, "update-ref", "refs/pull/9/head", evil)
+    git(repo.path, "checkout", "--quiet", "main")
+    served = serve()
+    assert served.finished(served.push(good))["state"] == "succeeded"
+
+    refused = served.finished(served.push(evil, before=good))
+    assert refused["state"] == "failed", refused
+    assert (refused["commit"], refused["error_reason"], refused["transient"]) == (evil, "NotOnBranch", False)
+    assert f"commit {evil[:12]} is not on main (its head is {good[:12]}): not deployed" in refused["error"]
+    assert refused["stacks"] == []
+    assert container_env(name)["VERSION"] == "1"
+    assert served.deployed(name) == good
+    wait_for(lambda: forge.latest(evil).get("deployer") == "error", timeout=30, what="the refusal's status")
+    status = [p for p in forge.posted if p.sha == evil and p.context == "deployer"][-1]
+    assert "is not on main" in status.description and len(status.description) <= 140
+    [event] = [e for e in served.audit() if e["event"] == "request.refused"]
+    assert (event["commit"], event["reason"], event["actor"], event["trigger"]) == (
+        evil,
+        "NotOnBranch",
+        "op",
+        "webhook",
+    )
+    assert f"refused: commit {evil[:12]} is not on main" in served.log()
+    refs = git(served.state / "mirror.git", "for-each-ref", "--format=%(refname)").split()
+    assert refs == ["refs/heads/main"]
+    assert forge.errors == []
+
+
+def test_a_late_push_of_an_older_commit_is_superseded_by_the_head_not_by_a_commit_gone_from_the_branch(
+    serve: Serve, repo: ConfigRepo, prefix: str
+) -> None:
+    name = f"{prefix}-app"
+    old = version(repo, name, "1")
+    new = version(repo, name, "2")
+    served = serve()
+    assert served.finished(served.push(new))["state"] == "succeeded"
+    late = served.finished(served.push(old))
+    assert (late["state"], late["superseded_by"]) == ("superseded", new)
+    assert container_env(name)["VERSION"] == "2"
+
+
+def test_a_force_push_that_rewinds_the_branch_deploys_the_rewound_head(
+    serve: Serve, repo: ConfigRepo, forge: ForgeServer, prefix: str
+) -> None:
+    name = f"{prefix}-app"
+    first = version(repo, name, "1")
+    second = version(repo, name, "2")
+    served = serve()
+    assert served.finished(served.push(second))["state"] == "succeeded"
+    git(repo.path, "reset", "--quiet", "--hard", first)  # what `git push --force` leaves on the remote
+
+    rewound = served.finished(served.push(first, before=second))
+    assert rewound["state"] == "succeeded", rewound
+    assert rewound["rewound_from"] == [second]
+    assert f"history rewound from {second[:12]}" in rewound["reason"]
+    [stack] = rewound["stacks"]
+    assert stack["reasons"][0] == f"history rewound from {second[:12]}"
+    assert f"stacks/{name}/compose.yaml" in stack["reasons"]
+    assert container_env(name)["VERSION"] == "1"
+    assert served.deployed(name) == first
+    wait_for(lambda: forge.latest(first).get("deployer") == "success", timeout=30, what="the final status")
+    final = [p for p in forge.posted if p.sha == first and p.context == "deployer"][-1]
+    assert final.description.startswith(f"history rewound from {second[:12]}; ")
+    assert f"history rewound: {first[:12]} does not contain {second[:12]}" in served.log()
+
+
+def test_a_rewind_past_history_that_was_pruned_everywhere_still_converges(
+    serve: Serve, repo: ConfigRepo, prefix: str
+) -> None:
+    """The commit the stack last deployed is gone from the remote (rewritten and garbage-collected) and from
+    the deployer's mirror (deleted, as after a restore from backup): the stack is affected, and redeployed."""
+    name = f"{prefix}-app"
+    first = version(repo, name, "1")
+    second = version(repo, name, "2")
+    served = serve()
+    assert served.finished(served.push(second))["state"] == "succeeded"
+    (served.state / "stacks" / name / "kept.txt").write_text("untracked data\n")
+    git(repo.path, "reset", "--quiet", "--hard", first)
+    git(repo.path, "reflog", "expire", "--expire=now", "--all")
+    git(repo.path, "gc", "--quiet", "--prune=now")
+    shutil.rmtree(served.state / "mirror.git")
+
+    rewound = served.finished(served.push(first, before=second))
+    assert rewound["state"] == "succeeded", rewound
+    [stack] = rewound["stacks"]
+    assert stack["reasons"] == [f"history rewound from {second[:12]}",
+                                f"previous commit {second[:12]} is not in the repository"]  # fmt: skip
+    assert container_env(name)["VERSION"] == "1"
+    assert (served.state / "stacks" / name / "kept.txt").read_text() == "untracked data\n"
+
+
+def test_the_poll_converges_on_a_rewind_that_no_webhook_announced(serve: Serve, repo: ConfigRepo, prefix: str) -> None:
+    name = f"{prefix}-app"
+    first = version(repo, name, "1")
+    second = version(repo, name, "2")
+    served = serve(poll=1)
+    wait_for(lambda: served.deployed(name) == second, timeout=60, what="the poll to deploy the head")
+    git(repo.path, "reset", "--quiet", "--hard", first)
+    wait_for(lambda: served.deployed(name) == first, timeout=60, what="the poll to deploy the rewound head")
+    assert container_env(name)["VERSION"] == "1"
+    newest = served.deployments()[0]
+    assert (newest["trigger"], newest["commit"], newest["rewound_from"]) == ("poll", first, [second])
+    time.sleep(3)  # three more polls: converged, so nothing more is queued
+    assert served.deployments()[0]["id"] == newest["id"]
+    branch = served.get("/api/branch")
+    assert (branch["head"], branch["next"]) == (first, "nothing") and branch["why"].startswith("converged")
+
+
+def test_a_remote_renamed_away_and_restored_is_retried_until_the_head_is_deployed(
+    serve: Serve, repo: ConfigRepo, prefix: str, tmp_path: Path
+) -> None:
+    name = f"{prefix}-app"
+    first = version(repo, name, "1")
+    served = serve(poll=1)
+    wait_for(lambda: served.deployed(name) == first, timeout=60, what="the poll to deploy the head")
+    home, moved = repo.path, tmp_path / "moved-away"
+    home.rename(moved)
+    repo.path = moved  # the next commit is made where the service cannot see it
+    second = version(repo, name, "2")
+
+    failed = served.finished(served.push(second, before=first))
+    assert (failed["state"], failed["error_reason"], failed["transient"]) == ("failed", "FetchFailed", True)
+    assert failed["commit"] == second and "cannot fetch" in failed["error"]
+    branch = wait_for(lambda: (b := served.get("/api/branch"))["why"].startswith("cannot fetch") and b,
+                      timeout=30, what="the reconcile loop to say it cannot fetch")  # fmt: skip
+    assert branch["next"] == "unknown"
+    moved.rename(home)
+    repo.path = home
+    wait_for(lambda: served.deployed(name) == second, timeout=90, what="the retry to deploy the head")
+    assert container_env(name)["VERSION"] == "2"
+    retry = next(d for d in served.deployments() if d["state"] == "succeeded" and d["commit"] == second)
+    assert retry["trigger"] == "poll" and retry["reason"] == f"retry 1 of {second[:12]} after FetchFailed"
+
+
+def test_an_age_key_removed_and_restored_is_retried_with_backoff(
+    serve: Serve, repo: ConfigRepo, age_key: AgeKey, prefix: str, tmp_path: Path
+) -> None:
+    name = f"{prefix}-app"
+    key = AgeKey(tmp_path / "key.txt", age_key.recipient)
+    repo.secret("secrets/app.env", {"APP_TOKEN": "the-secret-token-value"})
+    repo.stack(
+        name, {"main": service(environment={"TOKEN": "${APP_TOKEN}"})}, deployer={"secrets": ["secrets/app.env"]}
+    )
+    sha = repo.commit("with a secret")
+    served = serve(poll=1, key=key)  # the key file is not there yet
+    first = served.finished(wait_for(served.deployments, what="the poll to queue the head")[-1]["id"])
+    assert (first["state"], first["error_reason"], first["transient"]) == ("failed", "KeyUnavailable", True)
+    assert f"SOPS_AGE_KEY_FILE {key.path} cannot be read" in first["error"]
+    pending = wait_for(lambda: served.deployment(first["id"])["retry_at"], timeout=30, what="a retry to be scheduled")
+    branch = served.get("/api/branch")
+    assert (branch["next"], branch["retry_at"]) == ("wait", pending)
+    assert branch["why"] == f"retry 1 of {sha[:12]} after KeyUnavailable"
+    shutil.copy(age_key.path, key.path)
+    wait_for(lambda: served.deployed(name) == sha, timeout=90, what="the retry to deploy the head")
+    assert container_env(name)["TOKEN"] == "the-secret-token-value"
+    assert served.deployment(first["id"])["retry_at"] is None  # the retry it promised happened
+    for text in (served.log(), (served.state / "audit.jsonl").read_text(), (served.state / "state.db").read_bytes()):
+        assert "the-secret-token-value" not in str(text)
+
+
+def test_a_terminal_failure_is_not_retried_and_waits_for_a_new_commit(
+    serve: Serve, repo: ConfigRepo, prefix: str
+) -> None:
+    name = f"{prefix}-app"
+    repo.stack(name, {"main": BROKEN})
+    broken = repo.commit("an image that is not there")
+    served = serve(poll=1)
+    failed = served.finished(wait_for(served.deployments, what="the poll to queue the head")[0]["id"])
+    assert (failed["state"], failed["error_reason"], failed["transient"]) == ("failed", "ComposeFailed", False)
+    time.sleep(4)  # four polls
+    assert [d["id"] for d in served.deployments()] == [failed["id"]]
+    branch = served.get("/api/branch")
+    assert branch["next"] == "nothing"
+    assert branch["why"] == f"{broken[:12]} failed (ComposeFailed): waiting for a new commit, a manual request or force"
+    fixed = version(repo, name, "1")
+    wait_for(lambda: served.deployed(name) == fixed, timeout=60, what="the fix to deploy")
+
+
+def test_a_push_that_finds_the_deploy_lock_held_names_its_commit_and_is_retried(
+    serve: Serve, repo: ConfigRepo, prefix: str, tmp_path: Path
+) -> None:
+    name = f"{prefix}-app"
+    sha = version(repo, name, "1")
+    state = tmp_path / "state"  # the service's DEPLOYER_STATE_DIR (tests/conftest.py tool_environ)
+    state.mkdir()
+    fd = os.open(state / "deploy.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as a `deployer deploy` run by hand holds it
+        served = serve(poll=1)
+        busy = wait_for(lambda: next((d for d in served.deployments() if d["state"] == "failed"), None),
+                        timeout=30, what="a deployment to meet the lock")  # fmt: skip
+    finally:
+        os.close(fd)
+    assert (busy["commit"], busy["error_reason"], busy["transient"]) == (sha, "LockHeld", True)
+    assert "another deployment is running" in busy["error"]
+    wait_for(lambda: served.deployed(name) == sha, timeout=60, what="the retry once the lock is free")
+
+
+def test_stack_states_say_running_during_up_and_orphaned_once_the_folder_is_gone(
+    serve: Serve, repo: ConfigRepo, prefix: str
+) -> None:
+    slow, other = f"{prefix}-slow", f"{prefix}-other"
+    repo.stack(slow, {"main": service(healthy_after=4)})
+    repo.stack(other, {"main": service()})
+    first = repo.commit("two stacks")
+    served = serve()
+    deployment_id = served.push(first)
+    wait_for(lambda: {s["name"]: s["state"] for s in served.deployment(deployment_id)["stacks"]}.get(slow)
+             == "running", timeout=60, what=f"{slow} to show running while up waits for health")  # fmt: skip
+    assert served.finished(deployment_id)["state"] == "succeeded"
+
+    repo.remove(f"stacks/{other}")
+    second = repo.commit("drop a stack")
+    after = served.finished(served.push(second, before=first))
+    assert after["state"] == "succeeded" and after["orphaned"] == [other] and after["stacks"] == []
+    states = {s["name"]: s["state"] for s in served.get("/api/stacks")}
+    assert states == {slow: "succeeded", other: "orphaned"}
+    assert container_env(other)  # left running: pruning is off

@@ -107,7 +107,7 @@ def _not_the_head(deps: Deps, record: Recorder, mirror: Mirror, *, target: str, 
     if mirror.is_ancestor(target, head):
         return Outcome(record.deployment_id, target, superseded_by=head)
     branch = deps.settings.branch
-    error = NotOnBranchError(f"commit {target[:12]} is not on {branch} (its head is {head[:12]}): not deployed")
+    error = NotOnBranchError(f"commit {target[:12]} is not on {branch} (its head is {head[:12]})")
     return record.refused(error, commit=target)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,20 +20,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import AgeKey, tool_environ
-from tests.e2e.served import BROKEN, SECRET, Served, container_env, wait_for
+from tests.deliveries import push_payload, sign
+from tests.e2e.served import BROKEN, SECRET, Served, container_env, http, wait_for
 from tests.helpers import ConfigRepo, git, service
 from tests.servers import ForgeServer
 
 pytestmark = pytest.mark.usefixtures("engine")
 
 Serve = Callable[..., Served]
-
-
-@pytest.fixture
-def forge() -> Iterator[ForgeServer]:
-    server = ForgeServer("gitea")
-    yield server
-    server.close()
 
 
 @pytest.fixture
@@ -76,13 +71,13 @@ def test_a_push_of_a_commit_not_on_the_branch_is_refused_and_nothing_deploys(
     refused = served.finished(served.push(evil, before=good))
     assert refused["state"] == "failed", refused
     assert (refused["commit"], refused["error_reason"], refused["transient"]) == (evil, "NotOnBranch", False)
-    assert f"commit {evil[:12]} is not on main (its head is {good[:12]}): not deployed" in refused["error"]
+    assert refused["error"] == f"commit {evil[:12]} is not on main (its head is {good[:12]})"
     assert refused["stacks"] == []
     assert container_env(name)["VERSION"] == "1"
     assert served.deployed(name) == good
     wait_for(lambda: forge.latest(evil).get("deployer") == "error", timeout=30, what="the refusal's status")
     status = [p for p in forge.posted if p.sha == evil and p.context == "deployer"][-1]
-    assert "is not on main" in status.description and len(status.description) <= 140
+    assert status.description == f"not deployed: commit {evil[:12]} is not on main (its head is {good[:12]})"
     [event] = [e for e in served.audit() if e["event"] == "request.refused"]
     assert (event["commit"], event["reason"], event["actor"], event["trigger"]) == (
         evil,
@@ -286,3 +281,58 @@ def test_stack_states_say_running_during_up_and_orphaned_once_the_folder_is_gone
     states = {s["name"]: s["state"] for s in served.get("/api/stacks")}
     assert states == {slow: "succeeded", other: "orphaned"}
     assert container_env(other)  # left running: pruning is off
+
+
+def test_an_engine_that_stops_answering_changes_nothing_and_is_retried(
+    serve: Serve, repo: ConfigRepo, prefix: str, tmp_path: Path
+) -> None:
+    """The service reaches the engine through a socket link the test removes and puts back, as a
+    restarting dockerd would: the deployment touches nothing while the engine is gone, then converges."""
+    name = f"{prefix}-app"
+    socket = tmp_path / "engine" / "docker.sock"
+    socket.parent.mkdir()
+    real = Path(os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock").removeprefix("unix://"))
+    if not real.is_socket():
+        pytest.fail(f"this test reaches the engine through a link to its unix socket; {real} is not one")
+    served = serve(poll=1, DOCKER_HOST=f"unix://{socket}")
+    sha = version(repo, name, "1")
+    failed = served.finished(served.push(sha))
+    assert (failed["state"], failed["error_reason"], failed["transient"]) == ("failed", "EngineUnreachable", True)
+    assert [(s["name"], s["state"]) for s in failed["stacks"]] == [(name, "skipped")]
+    assert served.deployed(name) is None
+    socket.symlink_to(real)
+    wait_for(lambda: served.deployed(name) == sha, timeout=90, what="the retry once the engine answers")
+    assert container_env(name)["VERSION"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"repository": "ops/config"}, "repository is not an object"),
+        ({"pusher": ["op"]}, "pusher is not an object"),
+        ({"commits": {"id": "x"}}, "commits is not a list"),
+        ({"after": "a" * 64}, "after is a SHA-256 id but the repository uses SHA-1"),
+    ],
+)
+def test_a_signed_push_with_malformed_fields_is_a_400_naming_the_field_and_queues_nothing(
+    serve: Serve, repo: ConfigRepo, prefix: str, change: dict[str, object], field: str
+) -> None:
+    sha = version(repo, f"{prefix}-app", "1")
+    served = serve()
+    assert served.finished(served.push(sha))["state"] == "succeeded"  # the worker has told the web the format
+    wait_for(lambda: _object_format_known(served), timeout=30, what="the object format to be known")
+    delivery = sign("gitea", push_payload("gitea", after=sha) | change, SECRET)
+    status, answer = http("POST", f"{served.base}/webhook", body=delivery.body, headers=delivery.headers)
+    assert (status, answer["error"]) == (400, "event_invalid")
+    assert field in answer["message"]
+    nested = b'{"ref": "refs/heads/main", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    deep = sign("gitea", nested, SECRET)
+    status, answer = http("POST", f"{served.base}/webhook", body=deep.body, headers=deep.headers)
+    assert (status, answer["message"]) == (400, "payload is nested too deeply")
+    assert len(served.deployments()) == 1
+    assert http("GET", f"{served.base}/healthz")[0] == 200
+
+
+def _object_format_known(served: Served) -> bool:
+    with sqlite3.connect(served.state / "state.db") as db:
+        return db.execute("SELECT value FROM meta WHERE key = 'object_format'").fetchone() is not None

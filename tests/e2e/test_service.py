@@ -5,12 +5,8 @@ Slow clients meet the real web workers, directly and behind a real Traefik (PyPI
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,71 +17,22 @@ import yaml
 from deployer.web.gunicorn_settings import GRACEFUL_TIMEOUT
 from tests.conftest import AgeKey, tool_environ
 from tests.deliveries import push_payload, sign
+from tests.e2e.served import SECRET, Served, alive, free_port, http, wait_for
 from tests.helpers import ROOT, ConfigRepo, require_tool, service
 from tests.servers import ForgeServer
-
-SECRET = "e2e-hook-secret"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def http(method: str, url: str, *, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    assert url.startswith("http://127.0.0.1:")
-    request = urllib.request.Request(url, data=body, headers=headers or {}, method=method)  # noqa: S310 -- loopback
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 -- loopback http only
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"null")
-
-
-def wait_for(check, *, timeout: float = 120.0, what: str = "condition") -> Any:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture
-def forge() -> Iterator[ForgeServer]:
-    server = ForgeServer("gitea")
-    yield server
-    server.close()
 
 
 @pytest.fixture
 def served(tmp_path: Path, repo: ConfigRepo, age_key: AgeKey, forge: ForgeServer) -> Iterator[str]:
-    port = free_port()
     env = tool_environ(
         tmp_path, age_key, DEPLOYER_REPO_URL=repo.url, DEPLOYER_WEBHOOK_SECRET=SECRET, DEPLOYER_FORGE="gitea",
         DEPLOYER_FORGE_API_URL=forge.api_url, DEPLOYER_FORGE_TOKEN=forge.token, DEPLOYER_POLL_INTERVAL="0",
-        DEPLOYER_PUBLIC_URL=f"http://127.0.0.1:{port}",
     )  # fmt: skip
-    log = (tmp_path / "serve.log").open("w")
-    process = subprocess.Popen(["deployer", "serve", "--bind", f"127.0.0.1:{port}"], env=env, stdout=log,
-                               stderr=subprocess.STDOUT)  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
+    running = Served(env, log=tmp_path / "serve.log")
     try:
-        wait_for(lambda: _alive(base), timeout=30, what="the service to listen")
-        yield base
+        yield running.base
     finally:
-        process.terminate()
-        process.wait(timeout=60)
-        log.close()
-
-
-def _alive(base: str) -> bool:
-    try:
-        return http("GET", f"{base}/healthz")[0] == 200
-    except (OSError, ValueError):  # not listening yet; a proxy's own "404 page not found" before its route loads
-        return False
+        running.stop()
 
 
 @pytest.mark.usefixtures("engine")
@@ -168,7 +115,7 @@ def test_serve_stops_at_once_on_sigterm(tmp_path: Path, repo: ConfigRepo) -> Non
                                    stderr=subprocess.STDOUT)  # fmt: skip
         try:
             base = f"http://127.0.0.1:{port}"
-            wait_for(lambda: _alive(base), timeout=30, what="the service to listen")
+            wait_for(lambda: alive(base), timeout=30, what="the service to listen")
             wait_for(lambda: "deploy worker not running" not in http("GET", f"{base}/readyz")[1].get("problems", []),
                      timeout=30, what="the deploy worker's heartbeat")  # fmt: skip
             children = _descendants(process.pid)
@@ -278,7 +225,7 @@ def test_behind_traefik_buffering_stalled_clients_never_reach_a_web_worker(
     via = f"http://127.0.0.1:{edge}"
     stalled: list[socket.socket] = []
     try:
-        wait_for(lambda: _alive(via), timeout=30, what="traefik to route to the service")
+        wait_for(lambda: alive(via), timeout=30, what="traefik to route to the service")
         body, headers = _pushed(repo)
         stalled = [_stall(edge) for _ in range(4)]  # twice as many as there are web workers
         status, answer = http("POST", f"{via}/webhook", body=body, headers=headers)

@@ -153,10 +153,11 @@ def _owner_ids(owner: str) -> tuple[int, int]:
 
 
 def _tail(result: Completed, secrets: Mapping[str, str]) -> str:
-    text = (result.stdout + result.stderr).strip()
-    return redact(text[-OUTPUT_TAIL:], secrets.values())
+    """The end of a command's output, redacted whole before it is cut (a cut must not split a secret)."""
+    return redact(result.stdout + result.stderr, secrets.values()).strip()[-OUTPUT_TAIL:]
 
 
 def _last_line(result: Completed, secrets: Mapping[str, str]) -> str:
-    lines = [line.strip() for line in (result.stderr or result.stdout).splitlines() if line.strip()]
-    return redact(lines[-1] if lines else f"exit code {result.returncode}", secrets.values())
+    text = redact(result.stderr or result.stdout, secrets.values())
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else f"exit code {result.returncode}"

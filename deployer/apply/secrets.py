@@ -83,10 +83,40 @@ def _require_identity(path: PurePosixPath, env: Mapping[str, str]) -> None:
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
-    """Replace every secret value in `text` with `***`, longest first."""
-    for value in sorted({s for s in secrets if len(s) >= MIN_REDACTED_LENGTH}, key=len, reverse=True):
-        text = text.replace(value, "***")
-    return text
+    """Replace every place a secret value covers in `text` with `***`.
+
+    Overlapping or adjacent occurrences of different values become one `***`, so no fragment of
+    either is left between them. A value also counts without its surrounding white space and line by
+    line (a PEM key, a value with a trailing newline), as tools print them that way.
+    """
+    values: set[str] = set()
+    for secret in secrets:
+        values.update((secret, secret.strip(), *(line.strip() for line in secret.splitlines())))
+    spans: list[tuple[int, int]] = []
+    for value in values:
+        if len(value) < MIN_REDACTED_LENGTH or not value.strip():
+            continue
+        at = text.find(value)
+        while at != -1:
+            spans.append((at, at + len(value)))
+            at = text.find(value, at + 1)
+    if not spans:
+        return text
+    out, done = [], 0
+    for start, end in _merged(spans):
+        out += [text[done:start], "***"]
+        done = end
+    return "".join([*out, text[done:]])
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
 
 
 def _cause(returncode: int, stderr: str) -> str:

@@ -71,6 +71,12 @@ class KeyUnavailableError(SecretError):
     code = "key_unavailable"
 
 
+class KnownSecretError(SecretError):
+    """A secret anyone can read: a committed placeholder value, or a file only the public example key protects."""
+
+    code = "known_secret"
+
+
 class RefNotFoundError(FetchError):
     """The repository was fetched, but no branch, tag or commit has that name."""
 

@@ -47,6 +47,10 @@ class Stack:
     watch: tuple[str, ...] = ()
     #: keys of each secret file, readable without decrypting (SOPS leaves keys in clear)
     secret_keys: Mapping[PurePosixPath, tuple[str, ...]] = field(default_factory=dict)
+    #: non-secret interpolation variables: the stacks folder's shared.env, overlaid by the stack's own .env
+    variables: Mapping[str, str] = field(default_factory=dict)
+    #: the shared.env every stack reads (a change to it affects every stack), if the repository has one
+    shared_file: PurePosixPath | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,7 @@ class Reason(enum.StrEnum):
     REF_NOT_FOUND = "RefNotFound"  # no branch, tag or commit by that name
     PLAN_INVALID = "PlanInvalid"
     SECRET_DECRYPT_FAILED = "SecretDecryptFailed"  # noqa: S105 -- a reason name, not a password
+    KNOWN_SECRET = "KnownSecret"  # noqa: S105 -- a committed placeholder or the public example key
     COMPOSE_INVALID = "ComposeInvalid"
     COMPOSE_FAILED = "ComposeFailed"
     HEALTH_CHECK_FAILED = "HealthCheckFailed"

@@ -18,6 +18,7 @@ from deployer.errors import (
     FetchError,
     HealthCheckError,
     KeyUnavailableError,
+    KnownSecretError,
     NotOnBranchError,
     PlanError,
     RefNotFoundError,
@@ -30,6 +31,7 @@ __all__ = ["REASON_OF", "reason_for"]
 #: most specific first: the first class the error is an instance of decides
 REASON_OF: Final[tuple[tuple[type[DeployerError], Reason], ...]] = (
     (KeyUnavailableError, Reason.KEY_UNAVAILABLE),
+    (KnownSecretError, Reason.KNOWN_SECRET),
     (SecretError, Reason.SECRET_DECRYPT_FAILED),
     (RefNotFoundError, Reason.REF_NOT_FOUND),
     (FetchError, Reason.FETCH_FAILED),

@@ -39,8 +39,9 @@ class CommandRunner(Protocol):
         env: Mapping[str, str],
         cwd: Path | None = None,
         timeout: float | None = None,
+        stdin: str | None = None,
     ) -> Completed:
-        """Run argv with exactly `env` as its environment; never raise for a non-zero exit."""
+        """Run argv with exactly `env` as its environment and `stdin` as its input; never raise for a failure."""
         ...
 
     def interactive(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path | None = None) -> int:
@@ -58,8 +59,10 @@ class SubprocessRunner:
         env: Mapping[str, str],
         cwd: Path | None = None,
         timeout: float | None = None,
+        stdin: str | None = None,
     ) -> Completed:
         started = time.monotonic()
+        given = {"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}
         try:
             proc = subprocess.run(
                 list(argv),
@@ -68,8 +71,8 @@ class SubprocessRunner:
                 capture_output=True,
                 text=True,
                 timeout=timeout,
-                stdin=subprocess.DEVNULL,
                 check=False,
+                **given,
             )
         except FileNotFoundError:
             return Completed(tuple(argv), 127, "", f"{argv[0]}: command not found", 0.0)

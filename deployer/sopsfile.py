@@ -21,6 +21,8 @@ __all__ = ["FORMATS", "SopsFile", "read_sops_file"]
 
 FORMATS = {".env": "dotenv", ".yaml": "yaml", ".yml": "yaml", ".json": "json"}
 _DEFAULT_UNENCRYPTED_SUFFIX = "_unencrypted"
+#: metadata keys of the other kinds of key that can hold a file's data key
+_OTHER_KEY_KINDS = ("pgp", "kms", "gcp_kms", "azure_kv", "hc_vault", "key_groups")
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,10 @@ class SopsFile:
     keys: tuple[str, ...]  # top-level data keys
     encrypted: bool  # SOPS metadata with a MAC and a version is present
     in_clear: tuple[str, ...]  # dotted paths of values that should be encrypted and are not
+    #: the age recipients the data key is encrypted to, from the metadata
+    age_recipients: tuple[str, ...] = ()
+    #: whether any other kind of key (pgp, kms, vault, key groups) can decrypt it too
+    other_keys: bool = False
 
     @property
     def problems(self) -> list[str]:
@@ -54,7 +60,13 @@ def read_sops_file(path: PurePosixPath, text: str) -> SopsFile | None:
     encrypted = isinstance(meta, dict) and bool(meta.get("mac")) and bool(meta.get("version"))
     rules = _Rules(meta if isinstance(meta, dict) else {})
     in_clear = tuple(p for p, key, value in _leaves(data) if rules.must_encrypt(key) and not _is_enc(value))
-    return SopsFile(keys=tuple(data), encrypted=encrypted, in_clear=in_clear)
+    meta = meta if isinstance(meta, dict) else {}
+    ages = meta.get("age")
+    ages = ages if isinstance(ages, list) else []
+    recipients = tuple(str(a["recipient"]) for a in ages if isinstance(a, dict) and a.get("recipient"))
+    others = any(meta.get(kind) for kind in _OTHER_KEY_KINDS)
+    return SopsFile(keys=tuple(data), encrypted=encrypted, in_clear=in_clear, age_recipients=recipients,
+                    other_keys=others)  # fmt: skip
 
 
 def _dotenv(text: str) -> SopsFile:
@@ -64,7 +76,10 @@ def _dotenv(text: str) -> SopsFile:
     encrypted = bool(meta.get("mac")) and bool(meta.get("version"))
     rules = _Rules(meta)
     in_clear = tuple(k for k, v in data if rules.must_encrypt(k) and not _is_enc(v))
-    return SopsFile(keys=tuple(k for k, _ in data), encrypted=encrypted, in_clear=in_clear)
+    recipients = tuple(v for k, v in meta.items() if re.fullmatch(r"age__list_\d+__map_recipient", k) and v)
+    others = any(k.split("__", 1)[0] in _OTHER_KEY_KINDS for k in meta)
+    return SopsFile(keys=tuple(k for k, _ in data), encrypted=encrypted, in_clear=in_clear,
+                    age_recipients=recipients, other_keys=others)  # fmt: skip
 
 
 class _Rules:

@@ -73,7 +73,7 @@ class ComposeBackend:
         self.docker_env = dict(docker_env)
 
     def check(self, stack: Stack, *, workdir: Path, env: Mapping[str, str]) -> None:
-        result = self._run([*compose_base_argv(stack, workdir), "config", "--quiet"], env, timeout=60)
+        result = self._run([*compose_base_argv(stack, workdir), "config", "--quiet"], env, stack=stack, timeout=60)
         if not result.ok:
             raise ComposeInvalidError(
                 f"{stack.compose_file}: docker compose config rejected it: {_last_line(result, env)}"
@@ -82,11 +82,11 @@ class ComposeBackend:
     def up(self, stack: Stack, *, workdir: Path, env: Mapping[str, str]) -> str:
         for network in stack.networks:
             self._ensure_network(stack, network)
-        variables = {**stack_env_file(workdir / stack.folder), **env}
+        variables = {**stack.variables, **stack_env_file(workdir / stack.folder), **env}
         for directory in stack.directories:
             _ensure_directory(stack, directory, variables)
         timeout = stack.wait_timeout + _UP_GRACE if stack.wait_timeout else 30 * 60
-        result = self._run(compose_up_argv(stack, workdir), env, timeout=timeout)
+        result = self._run(compose_up_argv(stack, workdir), env, stack=stack, timeout=timeout)
         output = _tail(result, env)
         if result.ok:
             return output
@@ -107,8 +107,15 @@ class ComposeBackend:
         )
         return None if result.ok else _last_line(result, {})
 
-    def _run(self, argv: list[str], secrets: Mapping[str, str], *, timeout: float) -> Completed:
-        return self.runner.run(argv, env={**self.docker_env, **secrets}, timeout=timeout)
+    def _run(
+        self, argv: list[str], secrets: Mapping[str, str], *, timeout: float, stack: Stack | None = None
+    ) -> Completed:
+        """Run a docker command with the stack's variables (shared.env, its .env) and secrets in its environment.
+
+        Only `secrets` are redacted from what is kept of the output; the variables are not secret.
+        """
+        variables = stack.variables if stack is not None else {}
+        return self.runner.run(argv, env={**self.docker_env, **variables, **secrets}, timeout=timeout)
 
     def _ensure_network(self, stack: Stack, name: str) -> None:
         if self.runner.run(["docker", "network", "inspect", name], env=self.docker_env, timeout=30).ok:

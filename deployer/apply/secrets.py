@@ -10,8 +10,9 @@ import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 
-from deployer.errors import KeyUnavailableError, SecretError
+from deployer.errors import KeyUnavailableError, KnownSecretError, SecretError
 from deployer.runner import CommandRunner
+from deployer.secret_policy import exempt, placeholder_keys
 from deployer.sopsfile import FORMATS
 
 __all__ = ["decrypt_argv", "decrypt_files", "redact"]
@@ -45,7 +46,8 @@ def decrypt_files(
     """Decrypt each file (and nothing else) and merge their keys; later files win on a clash.
 
     sops runs in the repository root so that `.sops.yaml` is found, with exactly `env` (where
-    SOPS_AGE_KEY_FILE lives). Raises SecretError naming the file and the cause.
+    SOPS_AGE_KEY_FILE lives). Raises SecretError naming the file and the cause, and KnownSecretError
+    naming the keys whose value is still a committed placeholder (outside examples/).
     """
     values: dict[str, str] = {}
     for path in paths:
@@ -53,7 +55,13 @@ def decrypt_files(
         result = runner.run(decrypt_argv(path), env=env, cwd=repo_root, timeout=60)
         if not result.ok:
             raise SecretError(f"{path}: cannot decrypt: {_cause(result.returncode, result.stderr)}")
-        values |= _flat_values(path, result.stdout)
+        found = _flat_values(path, result.stdout)
+        placeholders = [] if exempt(path) else placeholder_keys(found)
+        if placeholders:
+            raise KnownSecretError(f"{path}: {', '.join(placeholders)}: still a committed placeholder, which anyone can"
+                                   " read here (`deployer secrets init` generates values; set values that come from"
+                                   " elsewhere with `deployer secrets edit`)")  # fmt: skip
+        values |= found
     return values
 
 

@@ -183,7 +183,8 @@ def _preflight(
 def _input_reason(error: DeployerError) -> Reason:
     """Preflight failures: a secret or key problem keeps its reason; anything compose said is ComposeInvalid."""
     reason = reason_for(error)
-    return reason if reason in TRANSIENT or reason is Reason.SECRET_DECRYPT_FAILED else Reason.COMPOSE_INVALID
+    secret = (Reason.SECRET_DECRYPT_FAILED, Reason.KNOWN_SECRET)
+    return reason if reason in TRANSIENT or reason in secret else Reason.COMPOSE_INVALID
 
 
 def _refused_input(record: Recorder, plan: Plan, failures: list[StackResult], progress: Progress) -> Outcome:

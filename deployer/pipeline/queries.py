@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from deployer.errors import DeployerError
+from deployer.apply import decrypt_files
+from deployer.errors import DeployerError, KnownSecretError, SecretError
 from deployer.lock import plan_lock
 from deployer.model import Catalog, Plan
 from deployer.pipeline.wiring import Deps
 from deployer.plan import load_catalog, make_plan, stack_names_in
+from deployer.secret_policy import EXAMPLE_IDENTITY, EXAMPLE_RECIPIENT, exempt
+from deployer.sopsfile import read_sops_file
 
 __all__ = ["PLACEHOLDER", "branch_head", "converged", "plan_against_deployed", "plan_between", "validate_tree"]
 
@@ -32,7 +35,8 @@ def plan_between(deps: Deps, *, repo_url: str, base: str | None, target_ref: str
     base_sha = mirror.resolve(base) if base else None
     stacks_dir = deps.settings.stacks_dir
     with plan_lock(deps.settings.state_dir):
-        catalog = load_catalog(mirror.clean_checkout(target, deps.checkouts / "plan"), stacks_dir=stacks_dir)
+        tree = mirror.clean_checkout(target, deps.checkouts / "plan")
+        catalog = load_catalog(tree, stacks_dir=stacks_dir, allow_placeholders=True)
     previous = stack_names_in(mirror.files(base_sha, stacks_dir), stacks_dir=stacks_dir) if base_sha else ()
     deployed = {name: base_sha for name in previous if base_sha}
     changes = {base_sha: mirror.changed_paths(base_sha, target)} if base_sha else {}
@@ -52,7 +56,7 @@ def plan_against_deployed(deps: Deps, *, repo_url: str, target_ref: str | None =
     bases = set(deployed.values())
     with plan_lock(deps.settings.state_dir):
         catalog = load_catalog(mirror.clean_checkout(target, deps.checkouts / "plan"),
-                               stacks_dir=deps.settings.stacks_dir)  # fmt: skip
+                               stacks_dir=deps.settings.stacks_dir, allow_placeholders=True)  # fmt: skip
     changes = {base: mirror.changed_paths(base, target) for base in bases}
     return make_plan(catalog, target=target, deployed=deployed, changes=changes, prune=deps.settings.prune,
                      rewound_from=mirror.not_ancestors(bases, of=target))  # fmt: skip
@@ -80,18 +84,22 @@ def converged(deps: Deps, *, repo_url: str, head: str) -> bool:
     return plan.is_empty
 
 
-def validate_tree(deps: Deps, path: Path) -> Catalog:
-    """Check every stack in the working tree at `path` without decrypting or deploying.
+def validate_tree(deps: Deps, path: Path, *, allow_placeholders: bool = False) -> Catalog:
+    """Check every stack in the working tree at `path` without the operator's key and without deploying.
 
-    Secret keys get a placeholder value so that `docker compose config` can interpolate.
-    Raises CatalogError or ComposeInvalidError (listing every rejected stack).
+    Secret keys get a placeholder value so that `docker compose config` can interpolate. Unless
+    `allow_placeholders`: a secret file the public example key can still decrypt is decrypted with
+    it (that key is committed), and refused if a value is still a committed placeholder.
+    Raises CatalogError, KnownSecretError or ComposeInvalidError (listing every problem).
     """
-    catalog = load_catalog(path, stacks_dir=deps.settings.stacks_dir)
+    catalog = load_catalog(path, stacks_dir=deps.settings.stacks_dir, allow_placeholders=allow_placeholders)
     problems = []
     for name in catalog:
         stack = catalog[name]
         env = {key: PLACEHOLDER for keys in stack.secret_keys.values() for key in keys}
         try:
+            if not allow_placeholders:
+                _refuse_known_values(deps, path, stack.secrets)
             deps.backend.check(stack, workdir=path.resolve(), env=env)
         except DeployerError as error:
             problems.append(error)
@@ -99,3 +107,26 @@ def validate_tree(deps: Deps, path: Path) -> Catalog:
         first = problems[0]
         raise type(first)(first.message, details=tuple(p.message for p in problems))
     return catalog
+
+
+def _refuse_known_values(deps: Deps, root: Path, files: tuple[PurePosixPath, ...]) -> None:
+    """Raise KnownSecretError for a file that still holds a committed placeholder value.
+
+    A file the public example key can decrypt is read with it (that key is committed, so CI needs no
+    secret); any other file only if the operator's own key is at hand, and skipped if it cannot be read.
+    """
+    for secret in files:
+        parsed = read_sops_file(secret, (root / secret).read_text(encoding="utf-8", errors="replace"))
+        if exempt(secret) or parsed is None:
+            continue
+        if EXAMPLE_RECIPIENT in parsed.age_recipients:
+            env = {**deps.settings.sops_env, "SOPS_AGE_KEY": EXAMPLE_IDENTITY}
+            env.pop("SOPS_AGE_KEY_FILE", None)
+            decrypt_files([secret], repo_root=root, runner=deps.runner, env=env)  # raises on a placeholder
+            continue
+        try:
+            decrypt_files([secret], repo_root=root, runner=deps.runner, env=deps.settings.sops_env)
+        except KnownSecretError:
+            raise
+        except SecretError:  # no key of the operator's here (CI): deployment checks the values
+            continue

@@ -16,10 +16,10 @@ def reasons_for(stack: Stack, changed_paths: Iterable[str]) -> tuple[str, ...]:
 
     A path affects a stack when it lies inside the stack's folder (compose file, x-deployer block,
     configs), is one of its secret files (a rotated secret must reach the containers even when
-    compose.yaml is untouched), or matches one of its `watch` globs.
+    compose.yaml is untouched), is the shared.env every stack reads, or matches one of its `watch` globs.
     """
     folder = f"{stack.folder}/"
-    secrets = {str(path) for path in stack.secrets}
+    secrets = {str(path) for path in (*stack.secrets, *([stack.shared_file] if stack.shared_file else []))}
     watch = [glob_regex(pattern) for pattern in stack.watch]
     return tuple(
         sorted(

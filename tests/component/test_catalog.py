@@ -13,6 +13,7 @@ import pytest
 from deployer.errors import CatalogError
 from deployer.model import Directory
 from deployer.plan.catalog import COMPOSE_FILE_NAMES, load_catalog
+from deployer.plan.diff import reasons_for
 
 SERVICES = "services:\n  main:\n    image: busybox\n"
 
@@ -249,11 +250,42 @@ def test_compose_variables_must_come_from_secrets_env_file_or_defaults(tmp_path:
     with pytest.raises(CatalogError) as caught:
         load_catalog(tmp_path)
     assert caught.value.details == (
-        "stacks/app/compose.yaml: ${ALSO_MISSING} has no default and is not a key of secrets/app.env"
-        " or the stack's .env",
-        "stacks/app/compose.yaml: ${MISSING_KEY} has no default and is not a key of secrets/app.env"
-        " or the stack's .env",
+        "stacks/app/compose.yaml: ${ALSO_MISSING} has no default and is not a key of secrets/app.env,"
+        " the stack's .env or shared.env",
+        "stacks/app/compose.yaml: ${MISSING_KEY} has no default and is not a key of secrets/app.env,"
+        " the stack's .env or shared.env",
     )
+
+
+def test_shared_env_gives_every_stack_its_variables_under_the_stacks_own_env(tmp_path: Path) -> None:
+    write(tmp_path, "stacks/shared.env", "# every stack\nDOMAIN=example.org\nACME_EMAIL=ops@example.org\n")
+    write(tmp_path, "stacks/app/.env", "DOMAIN=app.example.org\n")
+    for name in ("app", "web"):
+        write(tmp_path, f"stacks/{name}/compose.yaml",
+              "services:\n  s:\n    image: x\n    environment:\n      D: ${DOMAIN:?set DOMAIN in stacks/shared.env}\n"
+              "      E: ${ACME_EMAIL}\n")  # fmt: skip
+    catalog = load_catalog(tmp_path)
+    assert dict(catalog["app"].variables) == {"DOMAIN": "app.example.org", "ACME_EMAIL": "ops@example.org"}
+    assert dict(catalog["web"].variables) == {"DOMAIN": "example.org", "ACME_EMAIL": "ops@example.org"}
+    assert catalog["web"].shared_file == PurePosixPath("stacks/shared.env")
+    assert reasons_for(catalog["web"], ["stacks/shared.env"]) == ("stacks/shared.env",)
+
+    write(tmp_path, "stacks/shared.env", "ACME_EMAIL=ops@example.org\n")
+    with pytest.raises(CatalogError) as caught:
+        load_catalog(tmp_path)
+    assert caught.value.details == (
+        "stacks/web/compose.yaml: ${DOMAIN} has no default and is not a key of no secret file, the stack's .env"
+        " or shared.env",
+    )
+
+
+def test_a_shared_env_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
+    write(tmp_path, "elsewhere.env", "DOMAIN=x\n")
+    (tmp_path / "stacks").mkdir()
+    (tmp_path / "stacks/shared.env").symlink_to(tmp_path / "elsewhere.env")
+    write(tmp_path, "stacks/app/compose.yaml", "services:\n  s:\n    image: x\n")
+    with pytest.raises(CatalogError, match=r"stacks/shared\.env: must be a regular file"):
+        load_catalog(tmp_path)
 
 
 def test_directory_paths_may_use_variables_with_defaults(tmp_path: Path) -> None:

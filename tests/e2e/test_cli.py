@@ -88,10 +88,26 @@ def test_validate_runs_compose_config_with_placeholder_secrets(repo: ConfigRepo,
 @pytest.mark.usefixtures("engine")
 @pytest.mark.parametrize("stacks_dir", ["stacks", "examples/stacks"])
 def test_validate_passes_on_this_repository(tmp_path: Path, stacks_dir: str) -> None:
+    """As this repository's CI runs it: the shipped placeholders and example key are accepted on purpose."""
     env = tool_environ(tmp_path, None, DEPLOYER_STACKS_DIR=stacks_dir)
+    result = subprocess.run(["deployer", "validate", "--repo", str(ROOT), "--allow-placeholders"], capture_output=True,
+                            text=True, env=env, timeout=300, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.usefixtures("engine")
+def test_validate_refuses_this_repositorys_stacks_as_shipped(tmp_path: Path) -> None:
+    """Deployed as they are, the seed stacks would run with passwords anyone can read here."""
+    env = tool_environ(tmp_path, None, DEPLOYER_STACKS_DIR="stacks")
     result = subprocess.run(["deployer", "validate", "--repo", str(ROOT)], capture_output=True, text=True, env=env,
                             timeout=300, check=False)  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 2
+    for name in ("auth", "minio", "monitoring", "traefik", "zot", "mediaserver"):
+        assert f"secrets/{name}.env is encrypted only to the public example key" in result.stderr
+    env["DEPLOYER_STACKS_DIR"] = "examples/stacks"
+    examples = subprocess.run(["deployer", "validate", "--repo", str(ROOT)], capture_output=True, text=True, env=env,
+                              timeout=300, check=False)  # fmt: skip
+    assert examples.returncode == 0, examples.stderr
 
 
 def test_plan_json_follows_the_contract(repo: ConfigRepo, tmp_path: Path, age_key: AgeKey) -> None:

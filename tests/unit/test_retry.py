@@ -21,6 +21,7 @@ from deployer.errors import (
     FetchError,
     HealthCheckError,
     KeyUnavailableError,
+    KnownSecretError,
     NotOnBranchError,
     PlanError,
     RefNotFoundError,
@@ -35,7 +36,7 @@ OLD = "b" * 40
 NOW = 1_000_000.0
 
 TERMINAL = {
-    Reason.NOT_ON_BRANCH, Reason.REF_NOT_FOUND, Reason.PLAN_INVALID, Reason.SECRET_DECRYPT_FAILED,
+    Reason.NOT_ON_BRANCH, Reason.REF_NOT_FOUND, Reason.PLAN_INVALID, Reason.SECRET_DECRYPT_FAILED, Reason.KNOWN_SECRET,
     Reason.COMPOSE_INVALID, Reason.COMPOSE_FAILED, Reason.HEALTH_CHECK_FAILED, Reason.DEPENDENCY_FAILED,
 }  # fmt: skip
 
@@ -53,6 +54,7 @@ def test_every_reason_is_either_transient_or_terminal() -> None:
         (KeyUnavailableError("secrets/a.env: cannot decrypt: SOPS_AGE_KEY_FILE /k cannot be read"),
          Reason.KEY_UNAVAILABLE),
         (SecretError("secrets/a.env: cannot decrypt: no age identity can decrypt it"), Reason.SECRET_DECRYPT_FAILED),
+        (KnownSecretError("secrets/a.env: A: still the committed placeholder"), Reason.KNOWN_SECRET),
         (RefNotFoundError("commit 'dead' does not exist"), Reason.REF_NOT_FOUND),
         (FetchError("cannot fetch https://git.example/x: Connection refused"), Reason.FETCH_FAILED),
         (BusyError("another deployment is running"), Reason.LOCK_HELD),

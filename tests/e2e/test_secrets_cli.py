@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from tests.conftest import AgeKey, tool_environ
-from tests.helpers import ConfigRepo
+from tests.helpers import ROOT, ConfigRepo
 
 PLAIN = "DB_PASSWORD=hunter2-but-longer\nDB_USER=app\n"
 
@@ -87,3 +87,42 @@ def test_this_repositorys_secrets_pass_the_check(tmp_path: Path) -> None:
     result = subprocess.run(["deployer", "secrets", "--repo", str(root), "check", "secrets", "examples/secrets"],
                             capture_output=True, text=True, env={**os.environ}, check=False)  # fmt: skip
     assert result.returncode == 0, result.stderr
+
+
+def test_init_makes_a_fork_of_this_repository_deployable_in_one_step(tmp_path: Path, age_key: AgeKey) -> None:
+    """The operator's first step: the shipped placeholders become strong values of their own, encrypted to
+    their key only; what must come from elsewhere is listed; validation (with their key) then names it."""
+    fork = ConfigRepo(tmp_path / "fork")
+    for name in ("secrets", "examples", "stacks", ".sops.yaml"):
+        subprocess.run(["cp", "-r", str(ROOT / name), str(fork.path)], check=True)
+    fork.commit("fork")
+    refused = secrets(tmp_path, age_key, fork, "init")
+    assert refused.returncode == 2 and "names no recipient of yours" in refused.stderr
+
+    done = secrets(tmp_path, age_key, fork, "init", "--recipient", age_key.recipient)
+    assert done.returncode == 0, done.stderr
+    assert "secrets/auth.env: generated AUTHENTIK_SECRET_KEY, AUTHENTIK_POSTGRESQL_PASSWORD," in done.stdout
+    assert "set by hand: GRAFANA_OAUTH_CLIENT_SECRET (from authentik-grafana-provider-client-secret)" in done.stderr
+    changed = subprocess.run(["git", "status", "--porcelain"], cwd=fork.path, capture_output=True, text=True,
+                             check=True).stdout.split("\n")  # fmt: skip
+    assert sorted(line[3:] for line in changed if line) == [".sops.yaml", *(f"secrets/{n}.env" for n in
+                                                           ("auth", "mediaserver", "minio", "monitoring", "traefik",
+                                                            "zot"))]  # fmt: skip
+    plain = secrets(tmp_path, age_key, fork, "decrypt", "secrets/minio.env").stdout
+    assert "change-me" not in plain and "MINIO_ROOT_PASSWORD=" in plain
+    for text in (done.stdout, done.stderr):
+        assert plain.split("MINIO_ROOT_PASSWORD=")[1].split()[0] not in text  # values are never printed
+    env = tool_environ(tmp_path, age_key)
+    validate = ["deployer", "validate", "--repo", fork.url]
+    validated = subprocess.run(validate, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert validated.stderr.splitlines() == [
+        "deployer: error: stacks/shared.env: ACME_EMAIL: still the committed placeholder: set it for your installation",
+        "deployer: error: stacks/shared.env: DOMAIN: still the committed placeholder: set it for your installation",
+    ]
+    fork.write("stacks/shared.env", "DOMAIN=home.example.net\nACME_EMAIL=ops@home.example.net\nTZ=Etc/UTC\n")
+    validated = subprocess.run(validate, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert validated.returncode == 2
+    assert "secrets/monitoring.env: GRAFANA_OAUTH_CLIENT_ID, GRAFANA_OAUTH_CLIENT_SECRET: still a committed" in (
+        validated.stderr
+    )
+    assert "encrypted only to the public example key" not in validated.stderr

@@ -288,3 +288,29 @@ def test_the_deploy_lock_is_held_until_the_last_stack_is_up(deps: Deps, repo: Co
 
     assert second.exit_code == 1 and second.error and "another deployment is running" in second.error
     assert first[0].exit_code == 0
+
+
+def test_shared_env_reaches_every_stack_under_its_own_env_and_a_change_redeploys_them_all(
+    deps: Deps, repo: ConfigRepo, prefix: str, tmp_path: Path
+) -> None:
+    a, b = f"{prefix}-a", f"{prefix}-b"
+    repo.write("stacks/shared.env", "DOMAIN=home.example.net\n")
+    repo.write(f"stacks/{b}/.env", "DOMAIN=b.example.net\n")
+    data = tmp_path / "data"
+    for name in (a, b):
+        repo.stack(name, {"main": service(environment={"D": "${DOMAIN:?set DOMAIN in stacks/shared.env}"})},
+                   deployer={"directories": [{"path": f"{data}/${{DOMAIN}}"}]})  # fmt: skip
+    repo.commit("shared variables")
+    assert run(deps, repo).exit_code == 0
+    env = {key: item["env"] for key, item in containers(prefix).items()}
+    assert "D=home.example.net" in env[f"{a}/main"] and "D=b.example.net" in env[f"{b}/main"]
+    assert (data / "home.example.net").is_dir() and (data / "b.example.net").is_dir()
+
+    repo.write("stacks/shared.env", "DOMAIN=new.example.net\n")
+    repo.commit("a new domain")
+    outcome = run(deps, repo)
+    assert outcome.exit_code == 0
+    plan = deps.store.deployment(outcome.deployment_id)
+    assert plan is not None
+    assert {s["name"]: s["reasons"] for s in plan["stacks"]} == {a: ["stacks/shared.env"], b: ["stacks/shared.env"]}
+    assert "D=new.example.net" in containers(prefix)[f"{a}/main"]["env"]

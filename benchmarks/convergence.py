@@ -605,9 +605,10 @@ clone: {t2["cold"] * 1000:.0f} ms; commit-graph in the mirror: {graph}). In one 
 order rotates each run), one unmeasured call of each first: the checks a deployment now adds,
 `Mirror.not_ancestors(bases, of=head)` (every deployment; two git processes however many bases:
 `rev-list --no-walk --ignore-missing`, then `rev-list <bases> --not <head>`), with 1 base (the previous
-commit, as when a stack was last deployed one commit ago, or the root commit: the longest walk) and with 5 (the root, commits {COMMITS // 4}, {COMMITS // 2} and {COMMITS - 1}, and a
-sha not in the mirror), and `Mirror.is_ancestor(commit, head)`, which runs instead when a push names a
-commit that is not the head. The baseline is the fetch+plan git work around them: `Mirror.sync()`
+commit, as when a stack was last deployed one commit ago, or the root commit: the longest walk) and
+with 5 (the root, commits {COMMITS // 4}, {COMMITS // 2} and {COMMITS - 1}, and a sha not in the mirror),
+and `Mirror.is_ancestor(commit, head)`, which runs instead when a push names a commit that is not the head.
+The baseline is the fetch+plan git work around them: `Mirror.sync()`
 (nothing new to fetch, so a lower bound) plus `Mirror.changed_paths(base, head)` per base. Diagnostics:
 one git process that does no work, and the checks on a copy of the mirror with a commit-graph
 (`git commit-graph write --reachable`). Then whole `deployer deploy --repo` runs at that size (a new

@@ -186,7 +186,7 @@ def test_mimir_nodes_join_each_other_and_compose_runs_each_of_them() -> None:
     assert hosts == ["mimir-1", "mimir-2", "mimir-3"]
     for host in hosts:
         assert services[host]["hostname"] == host, f"{host}: the ring id must not change with the container"
-        assert "mimir" in services[host]["networks"]["default"]["aliases"]
+        assert "mimir" in services[host]["networks"]["backend"]["aliases"], "the alias lives on the internal network"
 
 
 def test_alloy_config_exists_and_ships_to_loki_and_mimir() -> None:
@@ -195,7 +195,16 @@ def test_alloy_config_exists_and_ships_to_loki_and_mimir() -> None:
     code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("//"))
     assert 'url = "http://loki:3100/loki/api/v1/push"' in code
     assert 'url = "http://mimir:8080/api/v1/push"' in code
-    assert "loki.source.docker" in code and "prometheus.exporter.cadvisor" in code
+    assert "loki.source.docker" in code and "prometheus.exporter.unix" in code
+    # The engine only through the stack's socket proxy; no cAdvisor (it needs privileges and the host's /).
+    hosts = re.findall(r'\bhost\s*=\s*"([^"]+)"', code)
+    assert hosts and set(hosts) == {"tcp://socket-proxy:2375"}, hosts
+    assert "docker.sock" not in code and "prometheus.exporter.cadvisor" not in code
+    # The host's /proc and /sys, where compose mounts them read-only.
+    assert 'procfs_path    = "/host/proc"' in code and 'sysfs_path     = "/host/sys"' in code
+    alloy = load_yaml(MONITORING / "compose.yaml")["services"]["alloy"]
+    assert {"/proc:/host/proc:ro", "/sys:/host/sys:ro"} <= set(alloy["volumes"])
+    assert "traefik:8080" in code and "traefik_metrics" in alloy["networks"], "Traefik's metrics, over traefik_metrics"
     for opening, closing in ("{}", "[]", "()"):
         assert code.count(opening) == code.count(closing), f"unbalanced {opening}{closing} in {ALLOY_CONFIG}"
 

@@ -370,24 +370,12 @@ def stack_text(value: str) -> str:
 def build_history(repo: ConfigRepo, names: list[str]) -> list[str]:
     """COMMITS commits with git fast-import: the stacks at the first, a notes file changing in every one
     after it, and the first stack changing at the last; return the shas, oldest first."""
-    out = bytearray()
-
-    def commit(number: int, changes: Mapping[str, str]) -> None:
-        message = f"change {number}\n".encode()
-        out.extend(f"commit refs/heads/main\nmark :{number + 1}\n".encode())
-        out.extend(f"committer Bench <bench@deployer.invalid> {1_700_000_000 + number * 60} +0000\n".encode())
-        out.extend(b"data %d\n%s" % (len(message), message))
-        if number:
-            out.extend(f"from :{number}\n".encode())
-        for path, text in changes.items():
-            data = text.encode()
-            out.extend(b"M 100644 inline %s\ndata %d\n%s\n" % (path.encode(), len(data), data))
-
-    commit(0, {f"stacks/{n}/compose.yaml": stack_text("0") for n in names} | {"notes/log.txt": "0\n"})
+    history = c.FastImport()
+    history.commit({f"stacks/{n}/compose.yaml": stack_text("0") for n in names} | {"notes/log.txt": "0\n"})
     for number in range(1, COMMITS - 1):
-        commit(number, {"notes/log.txt": f"{number}\n"})
-    commit(COMMITS - 1, {f"stacks/{names[0]}/compose.yaml": stack_text("last")})
-    subprocess.run(["git", "fast-import", "--quiet"], input=bytes(out), cwd=repo.path, check=True)
+        history.commit({"notes/log.txt": f"{number}\n"})
+    history.commit({f"stacks/{names[0]}/compose.yaml": stack_text("last")})
+    history.write(repo.path)
     git(repo.path, "reset", "--quiet", "--hard", "main")
     return git(repo.path, "rev-list", "--reverse", "main").split()
 

@@ -12,7 +12,6 @@ import argparse
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -103,24 +102,13 @@ def generate(repo: ConfigRepo, rnd: random.Random) -> tuple[list[str], list[list
         files[f"stacks/st{i:03d}/config/app.conf"] = f"# st{i:03d}\nworkers=2\n"
         if "secrets" in spec["block"]:
             files[f"secrets/st{i:03d}.env"] = fake_sops(rnd.randint(2, 6), rnd)
-    out, touched = bytearray(), []
-
-    def commit(number: int, changes: dict[str, str]) -> None:
-        message = f"change {number}\n".encode()
-        out.extend(f"commit refs/heads/main\nmark :{number + 1}\n".encode())
-        out.extend(f"committer Bench <bench@invalid> {1_700_000_000 + number * 60} +0000\n".encode())
-        out.extend(b"data %d\n%s" % (len(message), message))
-        if number:
-            out.extend(f"from :{number}\n".encode())
-        for path, text in changes.items():
-            data = text.encode()
-            out.extend(b"M 100644 inline %s\ndata %d\n%s\n" % (path.encode(), len(data), data))
-        touched.append(sorted(changes))
-
-    commit(0, files)
+    history, touched = c.FastImport(), [sorted(files)]
+    history.commit(files)
     for number in range(1, COMMITS):
-        commit(number, random_change(number, rnd, specs))
-    subprocess.run(["git", "fast-import", "--quiet"], input=bytes(out), cwd=repo.path, check=True)
+        change = random_change(number, rnd, specs)
+        history.commit(change)
+        touched.append(sorted(change))
+    history.write(repo.path)
     git(repo.path, "reset", "--quiet", "--hard", "main")
     return git(repo.path, "rev-list", "--reverse", "main").split(), touched
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deployer.model import FIRST_DEPLOY, REQUESTED, Action, Catalog, Plan, Stack
 from deployer.plan.planner import MAX_REASONS, make_plan
+from tests.unit.test_plan import stack as catalog_stack
 
 TARGET = "c" * 40
 #: ^[a-z0-9][a-z0-9_-]{0,62}$, the catalog's rule for a stack name
@@ -68,18 +68,6 @@ class Inputs:
         return set(self.deployed) - set(self.catalog.stacks)
 
 
-def make_stack(name: str, depends_on: tuple[str, ...], secrets: tuple[str, ...], watch: tuple[str, ...]) -> Stack:
-    folder = PurePosixPath("stacks") / name
-    return Stack(
-        name=name,
-        folder=folder,
-        compose_file=folder / "compose.yaml",
-        depends_on=depends_on,
-        secrets=tuple(PurePosixPath(s) for s in secrets),
-        watch=watch,
-    )
-
-
 def subset(draw: st.DrawFn, items: list[str], label: str | None = None) -> list[str]:
     """Some of `items`, in their order, from one drawn bit mask (one draw keeps generation cheap)."""
     mask = draw(st.integers(min_value=0, max_value=2 ** len(items) - 1), label=label)
@@ -93,7 +81,9 @@ def inputs(draw: st.DrawFn, requesting: bool | None = None) -> Inputs:
     subset of those commits, prune, and requested stacks (`requesting` forces them present or absent)."""
     names = draw(st.lists(SHORT_NAMES | NAMES, min_size=1, max_size=12, unique=True), label="names")
     stacks = [
-        make_stack(name, tuple(subset(draw, names[:index])), tuple(subset(draw, SECRETS)), tuple(subset(draw, WATCH)))
+        catalog_stack(
+            name, *subset(draw, names[:index]), secrets=tuple(subset(draw, SECRETS)), watch=tuple(subset(draw, WATCH))
+        )
         for index, name in enumerate(names)
     ]
     catalog = Catalog(stacks={s.name: s for s in stacks})

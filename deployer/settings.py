@@ -64,6 +64,13 @@ class Settings:
     loki_url: str | None = None
     loki_tenant: str | None = None
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    authentik_jwks_url: str | None = None
+    authentik_issuer: str | None = None
+    authentik_audience: str | None = None
+    deploy_groups: tuple[str, ...] = ()
+    view_groups: tuple[str, ...] = ()
+    #: serve /api and the pages without identity (a loopback-only install); said in the log at start
+    insecure_open_api: bool = False
     poll_interval: int = 300
     prune: bool = False
     max_parallel: int = 4
@@ -94,6 +101,12 @@ class Settings:
             loki_url=_get(environ, "DEPLOYER_LOKI_URL"),
             loki_tenant=_get(environ, "DEPLOYER_LOKI_TENANT"),
             trusted_proxies=_networks(environ, "DEPLOYER_TRUSTED_PROXIES"),
+            authentik_jwks_url=_get(environ, "DEPLOYER_AUTHENTIK_JWKS_URL"),
+            authentik_issuer=_get(environ, "DEPLOYER_AUTHENTIK_ISSUER"),
+            authentik_audience=_get(environ, "DEPLOYER_AUTHENTIK_AUDIENCE"),
+            deploy_groups=_names(environ, "DEPLOYER_DEPLOY_GROUPS"),
+            view_groups=_names(environ, "DEPLOYER_VIEW_GROUPS"),
+            insecure_open_api=_bool(environ, "DEPLOYER_INSECURE_OPEN_API", default=False),
             poll_interval=_int(environ, "DEPLOYER_POLL_INTERVAL", 300, minimum=0),
             prune=_bool(environ, "DEPLOYER_PRUNE", default=False),
             max_parallel=_int(environ, "DEPLOYER_MAX_PARALLEL", 4, minimum=1),
@@ -157,6 +170,11 @@ def _networks(environ: Mapping[str, str], name: str) -> tuple[ipaddress.IPv4Netw
         return tuple(ipaddress.ip_network(part.strip()) for part in raw.split(",") if part.strip())
     except ValueError as error:
         raise ConfigError(f"{name}: {error}") from None
+
+
+def _names(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    raw = _get(environ, name)
+    return tuple(part.strip() for part in raw.split(",") if part.strip()) if raw else ()
 
 
 def _pick(environ: Mapping[str, str], names: tuple[str, ...]) -> dict[str, str]:

@@ -492,6 +492,7 @@ def inprocess_costs(tmp: Path, calls: int = 1000) -> dict[str, dict[str, list[fl
 
 
 def _stage_costs(state: Path, index: int, calls: int) -> dict[str, list[float]]:
+    from deployer.model import Intake, Trigger
     from deployer.receive import Ignored, detect_forge, parse_delivery, verify_signature
     from deployer.receive.events import signed_bytes
     from deployer.receive.forges import HeaderMap
@@ -524,8 +525,8 @@ def _stage_costs(state: Path, index: int, calls: int) -> dict[str, list[float]]:
     for i, d in enumerate(deliveries[2 * calls :]):
         sha = json.loads(d.body)["after"]
         started = time.perf_counter()
-        service.queue.enqueue(commit=sha, ref="refs/heads/main", trigger="webhook", actor="op",
-                              delivery=("github", f"{tag}-{i}"))  # fmt: skip
+        service.queue.enqueue(Intake(trigger=Trigger.WEBHOOK, ref="refs/heads/main", commit=sha, actor="op",
+                                     delivery=("github", f"{tag}-{i}")))  # fmt: skip
         stage["queue"].append(time.perf_counter() - started)
         started = time.perf_counter()
         service.journal.record("deployment.queued", deployment_id=f"{tag}{i}", commit=sha, trigger="webhook")
@@ -536,6 +537,7 @@ def _stage_costs(state: Path, index: int, calls: int) -> dict[str, list[float]]:
 
 def _enqueue_loop(path: str, seconds: float, tag: str, out: Any) -> None:
     """One process enqueueing as fast as it can (a web worker's write, without HTTP); reports its latencies."""
+    from deployer.model import Intake, Trigger
     from deployer.queue import Queue
     from deployer.state import StateStore
 
@@ -545,8 +547,8 @@ def _enqueue_loop(path: str, seconds: float, tag: str, out: Any) -> None:
     while time.monotonic() < end:
         n = len(took)
         started = time.perf_counter()
-        queue.enqueue(commit=f"{tag}{n + 1:032x}", ref="refs/heads/main", trigger="webhook", actor=None,
-                      delivery=("github", f"{tag}-{n}"))  # fmt: skip
+        queue.enqueue(Intake(trigger=Trigger.WEBHOOK, ref="refs/heads/main", commit=f"{tag}{n + 1:032x}",
+                             delivery=("github", f"{tag}-{n}")))  # fmt: skip
         took.append(time.perf_counter() - started)
     out.put(took)
 

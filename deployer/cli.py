@@ -96,6 +96,11 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("files", nargs="*", metavar="PATH", help="files or folders (default: secrets/)")
     secrets.set_defaults(handler=_secrets)
 
+    release = commands.add_parser("release", help="a stack held at a manual commit converges to the branch head")
+    _repo_option(release)
+    release.add_argument("stack", metavar="STACK")
+    release.set_defaults(handler=_release)
+
     status = commands.add_parser("status", help="last deployments and each stack's deployed commit")
     status.add_argument("deployment", nargs="?", metavar="DEPLOYMENT", help="show one deployment, with compose output")
     status.add_argument("--limit", type=int, default=10, help="how many deployments to list")
@@ -206,6 +211,25 @@ def _deploy(args: argparse.Namespace, settings: Settings) -> int:
     return outcome.exit_code
 
 
+def _release(args: argparse.Namespace, settings: Settings) -> int:
+    from deployer.pipeline import Deps, Request, deploy  # lazy: `serve` keeps git out of the gunicorn master
+
+    deps = Deps.from_settings(settings)
+    if args.stack not in {r.name for r in deps.store.stacks()}:
+        raise PlanError(f"no stack {args.stack!r} has been deployed")
+    released = deps.store.release([args.stack])
+    print(f"{args.stack}: {'released' if released else 'was not held'}; deploying {settings.branch}", file=sys.stderr)
+    progress = ConsoleProgress()
+    try:
+        request = Request(repo_url=_repo_url(args, settings), ref=settings.branch, stacks=(args.stack,), trigger="cli",
+                          actor=os.environ.get("USER"), reason=f"release {args.stack}")  # fmt: skip
+        outcome = deploy(deps, request, progress=progress)
+    finally:
+        progress.close()
+    print(format_summary(outcome))
+    return outcome.exit_code
+
+
 def _validate(args: argparse.Namespace, settings: Settings) -> int:
     from deployer.pipeline import Deps, validate_tree  # lazy: `serve` keeps git out of the gunicorn master
 
@@ -270,10 +294,14 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     stacks = store.stacks()
     deployments = store.deployments(limit=args.limit)
     if args.json:
-        print(json.dumps({"stacks": [vars(s) for s in stacks], "deployments": deployments}, indent=2))
+        shaped = [vars(s) | {"held": store.held().get(s.name)} for s in stacks]
+        print(json.dumps({"stacks": shaped, "deployments": deployments}, indent=2))
         return 0
-    rows = [[s.name, (s.last_good_commit or "-")[:12], s.deployed_at or "-", s.last_state or "-"] for s in stacks]
-    print(table(["STACK", "DEPLOYED COMMIT", "DEPLOYED AT", "LAST RESULT"], rows) if rows else "no stack deployed yet")
+    held = store.held()
+    rows = [[s.name, (s.last_good_commit or "-")[:12], s.deployed_at or "-", s.last_state or "-",
+             _held_text(held.get(s.name))] for s in stacks]  # fmt: skip
+    print(table(["STACK", "DEPLOYED COMMIT", "DEPLOYED AT", "LAST RESULT", "HELD"], rows)
+          if rows else "no stack deployed yet")  # fmt: skip
     print()
     rows = [
         [str(d["id"]), str(d["state"]), (d["commit"] or "-")[:12], str(d["trigger"]), str(d["created_at"]),
@@ -282,6 +310,14 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     ]  # fmt: skip
     print(table(["DEPLOYMENT", "STATE", "COMMIT", "TRIGGER", "CREATED", "STACKS"], rows) if rows else "no deployments")
     return 0
+
+
+def _held_text(held: dict[str, str | None] | None) -> str:
+    if held is None:
+        return "-"
+    by = f" by {held['actor']}" if held.get("actor") else ""
+    why = f": {held['reason']}" if held.get("reason") else ""
+    return f"at {str(held['commit'])[:12]}{by}{why}"
 
 
 def _show_deployment(store: StateStore, deployment_id: str, *, as_json: bool) -> int:

@@ -83,6 +83,12 @@ class RefNotFoundError(FetchError):
     code = "ref_not_found"
 
 
+class UnknownStackError(PlanError):
+    """A request names a stack the commit does not have."""
+
+    code = "unknown_stack"
+
+
 class NotOnBranchError(DeployerError):
     """A push named a commit that the deploying branch, as fetched, does not contain."""
 
@@ -125,3 +131,15 @@ class BusyError(DeployerError):
 
     code = "busy"
     exit_code = 1
+
+
+class AuthenticationError(DeployerError):
+    """A request to the API or the pages carries no identity that can be believed (401)."""
+
+    code = "unauthenticated"
+
+
+class AuthorizationError(DeployerError):
+    """A known identity lacks the group the request needs (403)."""
+
+    code = "forbidden"

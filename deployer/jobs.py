@@ -23,12 +23,13 @@ import git
 import requests
 
 from deployer.errors import DeployerError
-from deployer.model import DeploymentState, Outcome, Plan, StatusTarget, new_deployment_id, rfc3339
+from deployer.intake import submit
+from deployer.model import DeploymentState, Intake, Outcome, Plan, StatusTarget, Trigger, rfc3339
 from deployer.pipeline import BRANCH_TRIGGERS, Deps, Request, SilentProgress, branch_head, converged, deploy
 from deployer.plan.retry import Step, next_step
 from deployer.queue import Claim, Queue, Undelivered
 from deployer.report.forges import POSTERS, GiveUp, Retry
-from deployer.report.statuses import describe_final, describe_queued, describe_running, describe_superseded
+from deployer.report.statuses import describe_final, describe_running, describe_superseded
 from deployer.report.targets import status_target, target_url
 
 __all__ = ["Worker"]
@@ -108,7 +109,7 @@ class Worker:
         target = self.queue.status_target(claim.deployment_id) or status_target(self.deps.settings)
         progress = _RunningStatus(self, claim, target)
         request = Request(repo_url=str(self.deps.settings.repo_url), ref=claim.commit, trigger=claim.trigger,
-                          actor=claim.actor)  # fmt: skip
+                          actor=claim.actor, stacks=claim.stacks, force=claim.force, reason=claim.reason)  # fmt: skip
         outcome = deploy(self.deps, request, deployment_id=claim.deployment_id, progress=progress)
         log.info("deployment %s of %s: %s%s", claim.deployment_id, claim.commit[:12], outcome.state,
                  f" ({outcome.reason}: {outcome.error})" if outcome.error else "")  # fmt: skip
@@ -158,13 +159,9 @@ class Worker:
         return done
 
     def _queue_head(self, head: str, ref: str, *, why: str) -> str:
-        target = status_target(self.deps.settings)
-        deployment_id = new_deployment_id()
-        pending = describe_queued(head, deployment_id, target_url=target_url(self.deps.settings, deployment_id))
-        enqueued = self.queue.enqueue(commit=head, ref=ref, trigger="poll", actor=None, target=target,
-                                      pending=pending, deployment_id=deployment_id, reason=why)  # fmt: skip
-        self.deps.journal.record("deployment.queued", deployment_id=enqueued.deployment_id, commit=head,
-                                 trigger="poll", ref=ref, reason=why)  # fmt: skip
+        intake = Intake(trigger=Trigger.POLL, ref=ref, commit=head, reason=why)
+        enqueued = submit(self.queue, self.deps.journal, self.deps.settings, intake,
+                          target=status_target(self.deps.settings))  # fmt: skip
         log.info("reconcile: %s; queued as %s", why, enqueued.deployment_id)
         return enqueued.deployment_id
 

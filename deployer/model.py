@@ -189,6 +189,31 @@ class StackResult:
         return self.finished_at - self.started_at
 
 
+class Trigger(enum.StrEnum):
+    """How a deployment came in. Pushes and polls follow the branch (latest wins, late deliveries are
+    superseded); a person's request (manual, cli) deploys exactly what it names."""
+
+    WEBHOOK = "webhook"
+    POLL = "poll"
+    MANUAL = "manual"
+    CLI = "cli"
+    DRIFT = "drift"
+
+
+@dataclass(frozen=True)
+class Intake:
+    """Everything a deployment is asked with, recorded durably with it whatever the way in."""
+
+    trigger: Trigger
+    ref: str
+    commit: str | None  # resolved when known (a push's after, a manual request's ref); else at run time
+    actor: str | None = None
+    reason: str | None = None
+    stacks: tuple[StackName, ...] = ()  # exactly these (a person's request); () = every affected stack
+    force: bool = False  # recreate the containers even when nothing changed
+    delivery: tuple[str, str] | None = None  # (forge, delivery id) of a webhook
+
+
 class DeploymentState(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"

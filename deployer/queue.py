@@ -18,6 +18,7 @@ from deployer.model import (
     Attempt,
     CommitStatus,
     DeploymentState,
+    Intake,
     Reason,
     StatusTarget,
     new_deployment_id,
@@ -58,6 +59,9 @@ class Claim:
     ref: str
     trigger: str
     actor: str | None
+    stacks: tuple[str, ...] = ()
+    force: bool = False
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,45 +79,44 @@ class Queue:
 
     def enqueue(
         self,
+        intake: Intake,
         *,
-        commit: str,
-        ref: str,
-        trigger: str,
-        actor: str | None,
-        delivery: tuple[str, str] | None = None,
         target: StatusTarget | None = None,
         pending: CommitStatus | None = None,
         deployment_id: str | None = None,
-        reason: str | None = None,
+        running: bool = False,
     ) -> Enqueued:
-        """Queue a deployment of `commit`, in one transaction with its delivery and pending status.
+        """Record a deployment as `intake` asks, in one transaction with its delivery and pending status.
 
         A delivery (forge, id) seen before is a duplicate while its deployment is queued, running,
         succeeded or superseded; after a failed deployment it is a deliberate redelivery and queues
         again. `pending` (a status naming `deployment_id`) goes to the outbox in the same transaction.
+        `running`: the caller runs it at once (the CLI), so no worker may claim it.
         """
         deployment_id = deployment_id or new_deployment_id()
+        state = DeploymentState.RUNNING if running else DeploymentState.QUEUED
         with self.store.transaction() as db:
-            if delivery is not None:
+            if intake.delivery is not None:
                 seen = db.execute(
                     "SELECT d.id, d.state FROM deliveries v JOIN deployments d ON d.id = v.deployment_id"
                     " WHERE v.forge = ? AND v.delivery_id = ?",
-                    delivery,
+                    intake.delivery,
                 ).fetchone()
                 if seen is not None and seen["state"] not in _FINISHED:
                     return Enqueued(seen["id"], duplicate_of=seen["id"])
             db.execute(
                 "INSERT INTO deployments (id, commit_sha, ref, trigger, actor, state, created_at, forge_repo,"
-                " forge_api_url, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (deployment_id, commit, ref, trigger, actor, DeploymentState.QUEUED, rfc3339(),
-                 target.repo if target else None, target.api_url if target else None, reason),
+                " forge_api_url, reason, requested_stacks, force) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (deployment_id, intake.commit, intake.ref, intake.trigger, intake.actor, state, rfc3339(),
+                 target.repo if target else None, target.api_url if target else None, intake.reason,
+                 json.dumps(list(intake.stacks)), int(intake.force)),
             )  # fmt: skip
-            if delivery is not None:
+            if intake.delivery is not None:
                 db.execute(
                     "INSERT INTO deliveries (forge, delivery_id, deployment_id, received_at) VALUES (?, ?, ?, ?)"
                     " ON CONFLICT DO UPDATE SET deployment_id = excluded.deployment_id,"
                     " received_at = excluded.received_at",
-                    (*delivery, deployment_id, rfc3339()),
+                    (*intake.delivery, deployment_id, rfc3339()),
                 )
             if target is not None and pending is not None:
                 _add_statuses(db, deployment_id, target, [pending])
@@ -137,7 +140,8 @@ class Queue:
             )
         return Claim(
             deployment_id=row["id"], commit=row["commit_sha"], ref=row["ref"], trigger=row["trigger"],
-            actor=row["actor"],
+            actor=row["actor"], stacks=tuple(json.loads(row["requested_stacks"] or "[]")), force=bool(row["force"]),
+            reason=row["reason"],
         )  # fmt: skip
 
     def supersede_older(self, claim: Claim, *, by: str) -> list[tuple[str, str]]:

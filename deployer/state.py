@@ -27,7 +27,6 @@ from deployer.model import (
     Reason,
     StackResult,
     StackState,
-    new_deployment_id,
     rfc3339,
 )
 
@@ -51,7 +50,9 @@ CREATE TABLE IF NOT EXISTS deployments (
     superseded_by TEXT,
     reason TEXT,
     rewound_from TEXT NOT NULL DEFAULT '[]',
-    retry_at TEXT
+    retry_at TEXT,
+    requested_stacks TEXT NOT NULL DEFAULT '[]',
+    force INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS deployments_by_state ON deployments (state, ref);
 CREATE TABLE IF NOT EXISTS deployment_stacks (
@@ -74,7 +75,10 @@ CREATE TABLE IF NOT EXISTS stacks (
     last_good_commit TEXT NOT NULL,
     deployed_at TEXT NOT NULL,
     deployment_id TEXT NOT NULL,
-    depends_on TEXT NOT NULL DEFAULT '[]'
+    depends_on TEXT NOT NULL DEFAULT '[]',
+    held_commit TEXT,
+    held_actor TEXT,
+    held_reason TEXT
 );
 CREATE TABLE IF NOT EXISTS deliveries (
     forge TEXT NOT NULL,
@@ -119,6 +123,11 @@ _ADDED_COLUMNS = (
     ("deployments", "reason", "TEXT"),
     ("deployments", "rewound_from", "TEXT NOT NULL DEFAULT '[]'"),
     ("deployments", "retry_at", "TEXT"),
+    ("deployments", "requested_stacks", "TEXT NOT NULL DEFAULT '[]'"),
+    ("deployments", "force", "INTEGER NOT NULL DEFAULT 0"),
+    ("stacks", "held_commit", "TEXT"),
+    ("stacks", "held_actor", "TEXT"),
+    ("stacks", "held_reason", "TEXT"),
 )
 
 
@@ -195,16 +204,6 @@ class StateStore:
                 self._db.execute("COMMIT")
             finally:
                 fcntl.flock(self._write_lock, fcntl.LOCK_UN)
-
-    def create_deployment(self, *, ref: str, trigger: str, actor: str | None, commit: str | None = None) -> str:
-        deployment_id = new_deployment_id()
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO deployments (id, commit_sha, ref, trigger, actor, state, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (deployment_id, commit, ref, trigger, actor, DeploymentState.QUEUED, rfc3339()),
-            )
-        return deployment_id
 
     def start_deployment(
         self, deployment_id: str, plan: Plan, *, depends_on: Mapping[str, tuple[str, ...]] | None = None
@@ -296,6 +295,32 @@ class StateStore:
                 (ref, DeploymentState.SUCCEEDED),
             ).fetchone()
         return None if row is None else str(row["commit_sha"])
+
+    def hold(self, names: list[str], *, commit: str, actor: str | None, reason: str | None) -> None:
+        """Hold stacks a person deployed at a commit other than the branch head: the poll leaves them there."""
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE stacks SET held_commit = ?, held_actor = ?, held_reason = ? WHERE name = ?",
+                [(commit, actor, reason, name) for name in names],
+            )
+
+    def release(self, names: list[str] | None = None) -> list[str]:
+        """Let held stacks (all of them with None) converge to the branch head again; return those released."""
+        with self._tx() as db:
+            held = [r["name"] for r in db.execute("SELECT name FROM stacks WHERE held_commit IS NOT NULL")]
+            chosen = held if names is None else [n for n in held if n in names]
+            db.executemany("UPDATE stacks SET held_commit = NULL, held_actor = NULL, held_reason = NULL"
+                           " WHERE name = ?", [(n,) for n in chosen])  # fmt: skip
+        return chosen
+
+    def held(self) -> dict[str, dict[str, str | None]]:
+        """Each held stack: {"commit", "actor", "reason"}."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT name, held_commit, held_actor, held_reason FROM stacks WHERE held_commit IS NOT NULL"
+            ).fetchall()
+        return {r["name"]: {"commit": r["held_commit"], "actor": r["held_actor"], "reason": r["held_reason"]}
+                for r in rows}  # fmt: skip
 
     def last_good(self) -> dict[str, str]:
         """Each deployed stack's last successfully deployed commit."""

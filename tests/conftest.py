@@ -104,13 +104,18 @@ def repo(tmp_path: Path, age_key: AgeKey) -> ConfigRepo:
 
 
 def tool_environ(tmp_path: Path, key: AgeKey | None, **extra: str) -> dict[str, str]:
-    """The environment a deployer process gets in tests: this machine's PATH and engine, the test key."""
+    """The environment a deployer process gets in tests: this machine's PATH and engine, the test key.
+
+    The API is opened explicitly (DEPLOYER_INSECURE_OPEN_API) for tests that are not about identity;
+    the flag is ignored once DEPLOYER_TRUSTED_PROXIES or DEPLOYER_AUTHENTIK_JWKS_URL is given.
+    """
     environ = {name: os.environ[name] for name in ("PATH", "HOME", "DOCKER_HOST") if name in os.environ}
     # An empty XDG config dir, so that sops never finds an operator's own ~/.config/sops/age/keys.txt.
     xdg = tmp_path / "xdg"
     xdg.mkdir(exist_ok=True)
     environ["XDG_CONFIG_HOME"] = str(xdg)
     environ["DEPLOYER_STATE_DIR"] = str(tmp_path / "state")
+    environ["DEPLOYER_INSECURE_OPEN_API"] = "true"
     if key is not None:
         environ["SOPS_AGE_KEY_FILE"] = str(key.path)
     environ.update(extra)

@@ -34,8 +34,10 @@ class StackBackend(Protocol):
         """Raise ComposeInvalidError unless the engine's tooling accepts the stack."""
         ...
 
-    def up(self, stack: Stack, *, workdir: Path, env: Mapping[str, str]) -> str:
+    def up(self, stack: Stack, *, workdir: Path, env: Mapping[str, str], force: bool = False) -> str:
         """Bring the stack to its declared state and wait for health; return the output.
+
+        `force` recreates its containers even when nothing about them changed.
 
         Raises ComposeError (or HealthCheckError) with the output tail attached.
         """
@@ -60,9 +62,10 @@ def compose_base_argv(stack: Stack, workdir: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def compose_up_argv(stack: Stack, workdir: Path) -> list[str]:
+def compose_up_argv(stack: Stack, workdir: Path, *, force: bool = False) -> list[str]:
     wait = ["--wait", "--wait-timeout", str(stack.wait_timeout)] if stack.wait_timeout else []
-    return [*compose_base_argv(stack, workdir), "up", "--detach", "--remove-orphans", *wait]
+    recreate = ["--force-recreate"] if force else []
+    return [*compose_base_argv(stack, workdir), "up", "--detach", "--remove-orphans", *recreate, *wait]
 
 
 class ComposeBackend:
@@ -79,14 +82,14 @@ class ComposeBackend:
                 f"{stack.compose_file}: docker compose config rejected it: {_last_line(result, env)}"
             )
 
-    def up(self, stack: Stack, *, workdir: Path, env: Mapping[str, str]) -> str:
+    def up(self, stack: Stack, *, workdir: Path, env: Mapping[str, str], force: bool = False) -> str:
         for network in stack.networks:
             self._ensure_network(stack, network)
         variables = {**stack.variables, **stack_env_file(workdir / stack.folder), **env}
         for directory in stack.directories:
             _ensure_directory(stack, directory, variables)
         timeout = stack.wait_timeout + _UP_GRACE if stack.wait_timeout else 30 * 60
-        result = self._run(compose_up_argv(stack, workdir), env, stack=stack, timeout=timeout)
+        result = self._run(compose_up_argv(stack, workdir, force=force), env, stack=stack, timeout=timeout)
         output = _tail(result, env)
         if result.ok:
             return output

@@ -78,9 +78,14 @@ def _deploy_locked(deps: Deps, record: Recorder, request: Request, progress: Pro
     if request.follows_branch and target != head:
         return _not_the_head(deps, record, mirror, target=target, head=head)
     # 4. Plan against each stack's last good commit (gone from the branch or not), in a clean checkout.
+    #    A push releases the stacks a person held at another commit; a poll leaves them where they are.
+    if request.trigger == "webhook":
+        record.released(deps.store.release(), commit=target)
+    held = tuple(deps.store.held()) if request.trigger == "poll" else ()
     try:
         tree = mirror.clean_checkout(target, deps.checkouts / "deploy")
-        plan, catalog = _plan(deps, mirror, tree, target=target, requested=request.stacks)
+        plan, catalog = _plan(deps, mirror, tree, target=target, requested=request.stacks, exclude=held,
+                              branch=request.follows_branch)  # fmt: skip
     except DeployerError as error:
         return record.not_started(error, commit=target)
     record.started(plan, depends_on={n: catalog[n].depends_on for n in catalog})
@@ -95,7 +100,8 @@ def _deploy_locked(deps: Deps, record: Recorder, request: Request, progress: Pro
     if problem is not None:
         return _stopped(record, plan, EngineError(f"docker engine not reachable: {problem}"), progress)
     # 7. Apply: removals, then deploys in dependency order, recording each result as it lands.
-    results = _apply(deps, record, prepared, mirror, progress)
+    results = _apply(deps, record, prepared, mirror, progress, force=request.force)
+    _hold_if_off_the_head(deps, request, results, target=target, head=head)
     return Outcome(record.deployment_id, target, results, exit_code=_exit_code(results),
                    reason=_failure_reason(deps, results), rewound_from=plan.rewound_from)  # fmt: skip
 
@@ -136,14 +142,39 @@ def _known_commit(deps: Deps, request: Request) -> str | None:
     return deps.mirror(request.repo_url).try_resolve(request.ref)
 
 
-def _plan(deps: Deps, mirror: Mirror, tree: Path, *, target: str, requested: Collection[str]) -> tuple[Plan, Catalog]:
+def _plan(
+    deps: Deps,
+    mirror: Mirror,
+    tree: Path,
+    *,
+    target: str,
+    requested: Collection[str],
+    exclude: Collection[str],
+    branch: bool,
+) -> tuple[Plan, Catalog]:
+    """Plan against each stack's last good commit. For a push or poll (`branch`), say which deployed commits
+    the target does not contain: the branch was rewound. A person going back to an older commit is not."""
     catalog = load_catalog(tree, stacks_dir=deps.settings.stacks_dir)
     deployed = deps.store.last_good()
     bases = set(deployed.values())
     changes = {base: mirror.changed_paths(base, target) for base in bases}
+    rewound = mirror.not_ancestors(bases, of=target) if branch else ()
     plan = make_plan(catalog, target=target, deployed=deployed, changes=changes, requested=requested,
-                     prune=deps.settings.prune, rewound_from=mirror.not_ancestors(bases, of=target))  # fmt: skip
+                     prune=deps.settings.prune, rewound_from=rewound, exclude=exclude)  # fmt: skip
     return plan, catalog
+
+
+def _hold_if_off_the_head(deps: Deps, request: Request, results: tuple[StackResult, ...], *, target: str,
+                          head: str) -> None:  # fmt: skip
+    """A person's deployment at a commit other than the branch head holds the stacks it deployed there;
+    one at the head releases them."""
+    if request.follows_branch:
+        return
+    done = [r.name for r in results if r.state is StackState.SUCCEEDED and r.action is Action.DEPLOY]
+    if target == head:
+        deps.store.release(done)
+    elif done:
+        deps.store.hold(done, commit=target, actor=request.actor, reason=request.reason)
 
 
 def _preflight(
@@ -225,14 +256,14 @@ def _stopped(record: Recorder, plan: Plan, error: DeployerError, progress: Progr
 
 
 def _apply(
-    deps: Deps, record: Recorder, prepared: _Prepared, mirror: Mirror, progress: Progress
+    deps: Deps, record: Recorder, prepared: _Prepared, mirror: Mirror, progress: Progress, *, force: bool
 ) -> tuple[StackResult, ...]:
     plan, catalog, envs = prepared.plan, prepared.catalog, prepared.envs
     worktrees = deps.settings.state_dir / "stacks"
 
     def bring_up(planned: PlannedStack) -> str:
         workdir = mirror.checkout(plan.target, worktrees / planned.name)
-        return deps.backend.up(catalog[planned.name], workdir=workdir, env=envs[planned.name])
+        return deps.backend.up(catalog[planned.name], workdir=workdir, env=envs[planned.name], force=force)
 
     def take_down(planned: PlannedStack) -> str:
         return deps.backend.down(planned.name)

@@ -59,14 +59,15 @@ def plan_against_deployed(deps: Deps, *, repo_url: str, target_ref: str | None =
                                stacks_dir=deps.settings.stacks_dir, allow_placeholders=True)  # fmt: skip
     changes = {base: mirror.changed_paths(base, target) for base in bases}
     return make_plan(catalog, target=target, deployed=deployed, changes=changes, prune=deps.settings.prune,
-                     rewound_from=mirror.not_ancestors(bases, of=target))  # fmt: skip
+                     rewound_from=mirror.not_ancestors(bases, of=target), exclude=tuple(deps.store.held()))  # fmt: skip
 
 
 def converged(deps: Deps, *, repo_url: str, head: str) -> bool:
     """Whether what runs is what `head` says: every stack's last good commit is the head's view of it.
 
     True when planning from the deployed commits to `head` finds nothing to deploy or remove (a stack
-    unchanged since an older or rewound commit counts as converged; an orphan is only reported). A
+    unchanged since an older or rewound commit counts as converged; an orphan is only reported; a stack
+    a person holds at another commit is left out). A
     head that cannot be planned (invalid catalog) is not converged. Cheap when every stack is at
     `head` already: then only the stack folders are listed. Raises FetchError.
     """

@@ -11,8 +11,10 @@ import time
 from collections.abc import Mapping
 
 from deployer.errors import DeployerError
-from deployer.model import Action, Outcome, Plan, StackResult, StackState
+from deployer.intake import submit
+from deployer.model import Action, Intake, Outcome, Plan, StackResult, StackState, Trigger
 from deployer.pipeline.wiring import Deps, Request
+from deployer.queue import Queue
 from deployer.reasons import reason_for
 
 __all__ = ["Recorder"]
@@ -29,11 +31,11 @@ class Recorder:
 
     @classmethod
     def queued(cls, deps: Deps, request: Request) -> Recorder:
-        """A deployment asked for directly (the CLI), not through the queue."""
-        deployment_id = deps.store.create_deployment(ref=request.ref, trigger=request.trigger, actor=request.actor)
-        deps.journal.record("deployment.queued", deployment_id=deployment_id, commit=None, ref=request.ref,
-                            trigger=request.trigger, actor=request.actor)  # fmt: skip
-        return cls(deps, deployment_id, request)
+        """A deployment run at once by its caller (the CLI), recorded through the one intake."""
+        intake = Intake(trigger=Trigger(request.trigger), ref=request.ref, commit=None, actor=request.actor,
+                        reason=request.reason, stacks=request.stacks, force=request.force)  # fmt: skip
+        enqueued = submit(Queue(deps.store), deps.journal, deps.settings, intake, running=True)
+        return cls(deps, enqueued.deployment_id, request)
 
     def started(self, plan: Plan, *, depends_on: Mapping[str, tuple[str, ...]]) -> None:
         self.deps.store.start_deployment(self.deployment_id, plan, depends_on=depends_on)
@@ -57,6 +59,12 @@ class Recorder:
         self.deps.journal.record(f"stack.{result.state}", deployment_id=self.deployment_id, commit=commit,
                                  stack=result.name, action=result.action, result=str(result.state),
                                  duration_ms=duration, reason=result.reason, error=result.error)  # fmt: skip
+
+    def released(self, names: list[str], *, commit: str) -> None:
+        """A push released stacks a person had held at another commit."""
+        for name in names:
+            self.deps.journal.record("stack.released", deployment_id=self.deployment_id, commit=commit, stack=name,
+                                     trigger=self.request.trigger, actor=self.request.actor)  # fmt: skip
 
     def secrets_decrypted(self, *, commit: str, stack: str, files: list[str]) -> None:
         self.deps.journal.record("secrets.decrypted", deployment_id=self.deployment_id, commit=commit, stack=stack,

@@ -83,6 +83,9 @@ class Request:
     stacks: tuple[str, ...] = ()
     trigger: str = "cli"
     actor: str | None = None
+    reason: str | None = None
+    #: recreate the named stacks' containers even when nothing changed
+    force: bool = False
 
     @property
     def follows_branch(self) -> bool:

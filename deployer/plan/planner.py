@@ -25,6 +25,7 @@ def make_plan(
     prune: bool = False,
     base: str | None = None,
     rewound_from: Collection[str] = (),
+    exclude: Collection[StackName] = (),
 ) -> Plan:
     """Decide which stacks `target` deploys, removes or reports as orphaned, and in what order.
 
@@ -39,6 +40,9 @@ def make_plan(
     `rewound_from` names deployed commits that `target` does not contain (a force-push or reset):
     a stack deployed from one of them still plans against it, and says so first among its reasons.
 
+    `exclude` names stacks left as they are (held by a person at another commit): never planned,
+    never removed, unless `requested` names them.
+
     Raises PlanError for a requested stack that is not in the catalog.
     """
     unknown = sorted(set(requested) - set(catalog.stacks))
@@ -50,8 +54,8 @@ def make_plan(
         chosen = _with_undeployed_dependencies(catalog, requested, deployed)
         selected = {n: reasons[n] or ((REQUESTED,) if n in requested else (FIRST_DEPLOY,)) for n in chosen}
     else:
-        selected = {name: why for name, why in reasons.items() if why}
-    gone = [] if requested else sorted(set(deployed) - set(catalog.stacks))
+        selected = {name: why for name, why in reasons.items() if why and name not in exclude}
+    gone = [] if requested else sorted(set(deployed) - set(catalog.stacks) - set(exclude))
     gone_action = Action.REMOVE if prune else Action.ORPHANED
 
     deploys = [

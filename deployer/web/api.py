@@ -9,10 +9,12 @@ from flask.typing import ResponseReturnValue
 
 from deployer.errors import PlanError
 from deployer.web.context import Service
+from deployer.web.manual import manual
 
 __all__ = ["api"]
 
 api = Blueprint("api", __name__)
+api.register_blueprint(manual)  # under the same identity checks as the rest of /api
 
 #: the worker is taken for dead when its heartbeat is older than this many seconds
 WORKER_STALE = 30.0
@@ -34,11 +36,13 @@ def deployment(deployment_id: str) -> ResponseReturnValue:
 
 @api.get("/api/stacks")
 def stacks() -> ResponseReturnValue:
-    records = Service.current(current_app).store.stacks()
+    store = Service.current(current_app).store
+    held = store.held()
     shaped = [
-        {"name": r.name, "deployed_commit": r.last_good_commit, "state": r.last_state, "depends_on": list(r.depends_on)}
-        for r in records
-    ]
+        {"name": r.name, "deployed_commit": r.last_good_commit, "state": r.last_state, "depends_on": list(r.depends_on),
+         "held": held.get(r.name), "paused": False, "drift": []}
+        for r in store.stacks()
+    ]  # fmt: skip
     return jsonify(shaped)
 
 

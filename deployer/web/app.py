@@ -8,7 +8,7 @@ import os
 from flask import Flask
 
 from deployer.settings import Settings
-from deployer.web import http_errors
+from deployer.web import auth, http_errors
 from deployer.web.api import api
 from deployer.web.context import Service
 from deployer.web.hooks import hooks
@@ -22,10 +22,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask("deployer")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the contract's field order
-    Service.build(settings).attach(app)
-    http_errors.register(app)
-    app.register_blueprint(hooks)
-    app.register_blueprint(api)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    Service.build(settings).attach(app)
+    http_errors.register(app)
+    auth.install(app, settings)  # every route but auth.PUBLIC_PATHS needs an identity (docs/service.md "Identity")
+    app.register_blueprint(hooks)
+    app.register_blueprint(api)
     return app

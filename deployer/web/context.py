@@ -6,12 +6,12 @@ from dataclasses import dataclass, field
 
 from flask import Flask
 
-from deployer.model import new_deployment_id
+from deployer.intake import submit
+from deployer.model import Intake, Trigger
 from deployer.queue import Enqueued, Queue
 from deployer.receive import PushEvent
 from deployer.report import Journal
-from deployer.report.statuses import describe_queued
-from deployer.report.targets import status_target, target_url
+from deployer.report.targets import status_target
 from deployer.settings import Settings
 from deployer.state import StateStore
 
@@ -54,15 +54,7 @@ class Service:
     def enqueue_push(self, event: PushEvent) -> Enqueued:
         """Queue a push with its delivery id and its `pending` status, in one transaction."""
         target = status_target(self.settings, repo=event.repo, api_url=event.api_url)
-        deployment_id = new_deployment_id()
-        pending = describe_queued(event.after, deployment_id, target_url=target_url(self.settings, deployment_id))
-        enqueued = self.queue.enqueue(
-            commit=event.after, ref=event.ref, trigger="webhook", actor=event.actor, target=target, pending=pending,
-            delivery=(str(event.forge), event.delivery_id) if event.delivery_id else None,
-            deployment_id=deployment_id,
-        )  # fmt: skip
-        if enqueued.duplicate_of is None:
-            self.journal.record("deployment.queued", deployment_id=deployment_id, commit=event.after,
-                                trigger="webhook", actor=event.actor, ref=event.ref, forge=str(event.forge),
-                                delivery_id=event.delivery_id)  # fmt: skip
-        return enqueued
+        intake = Intake(trigger=Trigger.WEBHOOK, ref=event.ref, commit=event.after, actor=event.actor,
+                        reason=f"push by {event.actor}" if event.actor else "push",
+                        delivery=(str(event.forge), event.delivery_id) if event.delivery_id else None)  # fmt: skip
+        return submit(self.queue, self.journal, self.settings, intake, target=target)

@@ -9,16 +9,32 @@ from flask import Flask, jsonify, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
-from deployer.errors import DeployerError, EventError, PlanError, SignatureError
+from deployer.errors import (
+    AuthenticationError,
+    AuthorizationError,
+    DeployerError,
+    EventError,
+    PlanError,
+    RefNotFoundError,
+    SignatureError,
+    UnknownStackError,
+)
+from deployer.web.identity import KeySetUnavailableError
 
 __all__ = ["HTTP_STATUS", "register"]
 
 log = logging.getLogger("deployer.web")
 
+#: most specific first: the first class the error is an instance of decides
 HTTP_STATUS: Final[dict[type[DeployerError], int]] = {
     SignatureError: 401,
+    KeySetUnavailableError: 503,
+    AuthenticationError: 401,
+    AuthorizationError: 403,
     EventError: 400,
+    UnknownStackError: 422,
     PlanError: 404,
+    RefNotFoundError: 404,
 }
 
 
@@ -30,7 +46,10 @@ def register(app: Flask) -> None:
 def _deployer_error(error: DeployerError) -> ResponseReturnValue:
     status = next((code for kind, code in HTTP_STATUS.items() if isinstance(error, kind)), 500)
     log.warning("%s %s -> %d %s: %s%s", request.method, request.path, status, error.code, error.message, _who())
-    return jsonify(error=error.code, message=error.message), status
+    answer = jsonify(error=error.code, message=error.message)
+    if status == 401 and isinstance(error, AuthenticationError):
+        answer.headers["WWW-Authenticate"] = 'Bearer realm="deployer"'
+    return answer, status
 
 
 def _http_error(error: HTTPException) -> ResponseReturnValue:

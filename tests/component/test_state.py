@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from deployer.model import Action, Plan, PlannedStack, StackResult, StackState
-from deployer.queue import UNDELIVERED
+from deployer.model import Action, Intake, Plan, PlannedStack, StackResult, StackState, Trigger
+from deployer.queue import UNDELIVERED, Queue
 from deployer.state import StateStore
 
 # The schema of the first release (before the service added columns).
@@ -32,7 +32,7 @@ def test_an_older_state_database_is_upgraded_in_place(tmp_path: Path) -> None:
         db.executescript(FIRST_SCHEMA)
     store = StateStore(path)
     assert store.last_good() == {"web": "a"}
-    deployment_id = store.create_deployment(ref="main", trigger="cli", actor=None)
+    deployment_id = Queue(store).enqueue(Intake(trigger=Trigger.CLI, ref="main", commit=None)).deployment_id
     plan = Plan(target="b" * 40, base=None, stacks=(PlannedStack("web", Action.DEPLOY, ("x",)),), order=(("web",),))
     store.start_deployment(deployment_id, plan, depends_on={"web": ("db",)})
     store.record_stack(deployment_id, StackResult("web", Action.DEPLOY, StackState.SUCCEEDED, started_at=1.0,
@@ -43,10 +43,12 @@ def test_an_older_state_database_is_upgraded_in_place(tmp_path: Path) -> None:
 
 WRITER = """
 import sys
+from deployer.model import Intake, Trigger
+from deployer.queue import Queue
 from deployer.state import StateStore
-store = StateStore(__import__("pathlib").Path(sys.argv[1]))
+queue = Queue(StateStore(__import__("pathlib").Path(sys.argv[1])))
 for _ in range(200):
-    store.create_deployment(ref="main", trigger="cli", actor=sys.argv[2])
+    queue.enqueue(Intake(trigger=Trigger.CLI, ref="main", commit=None, actor=sys.argv[2]))
 """
 
 
@@ -63,12 +65,15 @@ def test_writers_in_several_processes_all_land(tmp_path: Path) -> None:
 
 OPENER = """
 import pathlib, sys, time
+from deployer.model import Intake, Trigger
+from deployer.queue import Queue
 from deployer.state import StateStore
 go = pathlib.Path(sys.argv[2])
 pathlib.Path(f"{go}.ready-{sys.argv[3]}").touch()
 while not go.exists():
     time.sleep(0.001)
-StateStore(pathlib.Path(sys.argv[1])).create_deployment(ref="main", trigger="cli", actor=sys.argv[3])
+Queue(StateStore(pathlib.Path(sys.argv[1]))).enqueue(Intake(trigger=Trigger.CLI, ref="main", commit=None,
+                                                             actor=sys.argv[3]))
 """
 
 

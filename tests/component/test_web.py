@@ -23,7 +23,7 @@ SHA = "a" * 40
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(repo_url=str(tmp_path / "repo"), webhook_secret=SECRET, state_dir=tmp_path / "state",
-                    max_body=64 * 1024)  # fmt: skip
+                    max_body=64 * 1024, insecure_open_api=True)  # fmt: skip  # /api without identity here
 
 
 @pytest.fixture

@@ -185,6 +185,12 @@ def test_compose_up_argv_waits(tmp_path: Path, compose: str) -> None:
     assert after(argv, "--wait-timeout") == "45"
 
 
+def test_compose_up_argv_forced_recreates_before_waiting(tmp_path: Path) -> None:
+    argv = compose_up_argv(web(30), tmp_path, force=True)
+    assert argv[argv.index("up") :] == ["up", "--detach", "--remove-orphans", "--force-recreate", "--wait",
+                                        "--wait-timeout", "30"]  # fmt: skip
+
+
 def test_compose_up_argv_without_wait(tmp_path: Path) -> None:
     argv = compose_up_argv(web(0), tmp_path)
     assert "--wait" not in argv

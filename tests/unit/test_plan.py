@@ -257,3 +257,13 @@ def test_reasons_are_capped(count: int, tail: str | None) -> None:
     assert MAX_REASONS == 20
     assert reasons[:20] == tuple(sorted(changed))[:20]
     assert reasons[20:] == (() if tail is None else (tail,))
+
+
+def test_excluded_stacks_are_left_as_they_are_unless_requested() -> None:
+    """A stack a person holds at another commit: the poll neither redeploys nor removes it."""
+    deployed = {"db": GONE, "api": OLD, "gone": OLD}
+    plan = make_plan(FULL, target=TARGET, deployed=deployed, changes={OLD: frozenset(), GONE: None},
+                     exclude=["db", "gone"], prune=True)  # fmt: skip
+    assert set(summary(plan)) == {"front", "other"}
+    requested = make_plan(FULL, target=TARGET, deployed=deployed, changes={}, requested=["db"], exclude=["db"])
+    assert set(summary(requested)) == {"db"}

@@ -1,0 +1,136 @@
+"""A person's redeploy through a real `deployer serve`: exactly the stacks named, at the ref named, held there.
+
+Real gunicorn, deploy worker, git, sops, age and Docker engine; no forge (statuses are off).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import AgeKey, tool_environ
+from tests.e2e.served import SECRET, Served, container_env, http, wait_for
+from tests.helpers import ConfigRepo, service
+
+pytestmark = pytest.mark.usefixtures("engine")
+
+Serve = Callable[..., Served]
+
+
+@pytest.fixture
+def serve(tmp_path: Path, repo: ConfigRepo, age_key: AgeKey) -> Iterator[Serve]:
+    started: list[Served] = []
+
+    def start(*, poll: int = 0) -> Served:
+        env = tool_environ(tmp_path, age_key, DEPLOYER_REPO_URL=repo.url, DEPLOYER_WEBHOOK_SECRET=SECRET,
+                           DEPLOYER_POLL_INTERVAL=str(poll), DEPLOYER_INSECURE_OPEN_API="true")  # fmt: skip
+        served = Served(env, log=tmp_path / f"serve-{len(started)}.log")
+        started.append(served)
+        return served
+
+    yield start
+    for served in started:
+        served.stop()
+
+
+def post(served: Served, path: str, body: object) -> tuple[int, Any]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return http("POST", f"{served.base}{path}", body=data, headers={"Content-Type": "application/json"})
+
+
+def container_id(project: str) -> str:
+    argv = ["docker", "ps", "--filter", f"label=com.docker.compose.project={project}", "--format", "{{.ID}}"]
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def version(repo: ConfigRepo, *names: str, value: str) -> str:
+    for name in names:
+        repo.stack(name, {"main": service(environment={"VERSION": value})})
+    return repo.commit(f"v{value}")
+
+
+def test_a_manual_redeploy_deploys_exactly_the_named_stack_and_force_recreates_it(
+    serve: Serve, repo: ConfigRepo, prefix: str
+) -> None:
+    a, b = f"{prefix}-a", f"{prefix}-b"
+    head = version(repo, a, b, value="1")
+    served = serve()
+    assert served.finished(served.push(head))["state"] == "succeeded"
+    before = {name: container_id(name) for name in (a, b)}
+
+    status, answer = post(served, "/api/deployments", {"stacks": [a], "force": True, "reason": "rotated a key"})
+    assert status == 202, answer
+    done = served.finished(answer["deployment_id"])
+    assert (done["state"], done["trigger"], done["reason"], done["commit"]) == ("succeeded", "manual",
+                                                                               "rotated a key", head)  # fmt: skip
+    assert [(s["name"], s["reasons"]) for s in done["stacks"]] == [(a, ["requested"])]
+    assert container_id(a) != before[a]  # recreated although nothing changed
+    assert container_id(b) == before[b]  # not touched
+    queued = [e for e in served.audit() if e["event"] == "deployment.queued" and e["deployment_id"] == done["id"]]
+    assert queued[0]["trigger"] == "manual" and queued[0]["stacks"] == [a] and queued[0]["force"] is True
+
+
+def test_a_manual_deploy_of_an_older_commit_is_held_until_the_next_push_or_a_release(
+    serve: Serve, repo: ConfigRepo, prefix: str
+) -> None:
+    a, b = f"{prefix}-a", f"{prefix}-b"
+    old = version(repo, a, b, value="1")
+    new = version(repo, a, b, value="2")
+    served = serve(poll=1)
+    wait_for(lambda: served.deployed(a) == new and served.deployed(b) == new, timeout=60, what="the head deployed")
+
+    status, answer = post(served, "/api/deployments", {"ref": old, "stacks": [a], "reason": "back to v1"})
+    assert status == 202, answer
+    assert served.finished(answer["deployment_id"])["state"] == "succeeded"
+    assert container_env(a)["VERSION"] == "1" and container_env(b)["VERSION"] == "2"
+    held = {s["name"]: s["held"] for s in served.get("/api/stacks")}
+    assert held == {a: {"commit": old, "actor": "anonymous", "reason": "back to v1"}, b: None}  # the API is open
+    time.sleep(3)  # three polls: the held stack stays where a person put it
+    assert container_env(a)["VERSION"] == "1"
+    assert served.get("/api/branch")["next"] == "nothing"
+
+    status, answer = post(served, f"/api/stacks/{a}/release", b"")
+    assert status == 202 and answer["released"] is True, answer
+    assert served.finished(answer["deployment_id"])["state"] == "succeeded"
+    assert container_env(a)["VERSION"] == "2"
+    assert {s["name"]: s["held"] for s in served.get("/api/stacks")} == {a: None, b: None}
+
+    status, answer = post(served, "/api/deployments", {"ref": old, "stacks": [a]})
+    assert served.finished(answer["deployment_id"])["state"] == "succeeded"
+    pushed = version(repo, a, b, value="3")
+    assert served.finished(served.push(pushed, before=new))["state"] == "succeeded"  # a push releases it
+    assert container_env(a)["VERSION"] == "3"
+    assert {s["name"]: s["held"] for s in served.get("/api/stacks")} == {a: None, b: None}
+    assert any(e["event"] == "stack.released" and e["stack"] == a for e in served.audit())
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"{not json", 400, "body is not a JSON object"),
+        ([1, 2], 400, "body is not a JSON object"),
+        ({"stacks": "web"}, 400, "stacks: expected a list"),
+        ({"stacks": ["../etc"]}, 400, "stacks[0]: not a stack name"),
+        ({"force": "yes"}, 400, "force: expected a bool"),
+        ({"branch": "main"}, 400, "branch: unknown field"),
+        ({"reason": "x" * 501}, 400, "reason: longer than 500 characters"),
+        ({"ref": "no-such-branch"}, 404, "ref 'no-such-branch' is not in the deployer's mirror"),
+        ({"ref": "--upload-pack=evil"}, 404, "is not a branch, tag or commit name"),
+        ({"stacks": ["nosuchstack"]}, 422, "stacks: no such stack at"),
+    ],
+)
+def test_bad_manual_requests_are_refused_naming_the_field_and_queue_nothing(
+    serve: Serve, repo: ConfigRepo, prefix: str, body: object, status: int, message: str
+) -> None:
+    head = version(repo, f"{prefix}-a", value="1")
+    served = serve()
+    assert served.finished(served.push(head))["state"] == "succeeded"
+    answer = post(served, "/api/deployments", body)
+    assert answer[0] == status and message in answer[1]["message"], answer
+    assert len(served.deployments()) == 1

@@ -12,6 +12,7 @@ from deployer.web import auth, http_errors
 from deployer.web.api import api
 from deployer.web.context import Service
 from deployer.web.hooks import hooks
+from deployer.web.pages import pages
 
 __all__ = ["create_app"]
 
@@ -29,4 +30,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     auth.install(app, settings)  # every route but auth.PUBLIC_PATHS needs an identity (docs/service.md "Identity")
     app.register_blueprint(hooks)
     app.register_blueprint(api)
+    app.register_blueprint(pages)
     return app

@@ -70,6 +70,8 @@ CREATE TABLE IF NOT EXISTS deployment_stacks (
     depends_on TEXT NOT NULL DEFAULT '[]',
     PRIMARY KEY (deployment_id, name)
 );
+-- Each stack's latest result and the history page's stack filter look up by name.
+CREATE INDEX IF NOT EXISTS deployment_stacks_by_name ON deployment_stacks (name);
 CREATE TABLE IF NOT EXISTS stacks (
     name TEXT PRIMARY KEY,
     last_good_commit TEXT NOT NULL,
@@ -329,20 +331,20 @@ class StateStore:
         return {row["name"]: row["last_good_commit"] for row in rows}
 
     def stacks(self) -> list[StackRecord]:
-        """Every stack deployer has tried to deploy, with its last good commit (None if never)."""
+        """Every stack deployer has tried to deploy, with its last good commit (None if never).
+
+        Its last state is that of its newest stack row that left `pending` (rows are written when a
+        deployment starts, so the newest row is the latest run); one index lookup per stack, however
+        long the history.
+        """
         query = """
-            WITH latest AS (
-                SELECT ds.name, ds.state, ds.depends_on,
-                       ROW_NUMBER() OVER (PARTITION BY ds.name ORDER BY d.rowid DESC) AS n
-                FROM deployment_stacks ds JOIN deployments d ON d.id = ds.deployment_id
-                WHERE ds.state != 'pending')
-            SELECT l.name, s.last_good_commit, s.deployed_at, s.deployment_id, l.state AS last_state,
-                   COALESCE(s.depends_on, l.depends_on) AS depends_on
-            FROM latest l LEFT JOIN stacks s ON s.name = l.name
-            WHERE l.n = 1
-            UNION ALL
-            SELECT s.name, s.last_good_commit, s.deployed_at, s.deployment_id, NULL, s.depends_on FROM stacks s
-            WHERE s.name NOT IN (SELECT name FROM latest)
+            WITH names AS (SELECT DISTINCT name FROM deployment_stacks UNION SELECT name FROM stacks)
+            SELECT n.name, s.last_good_commit, s.deployed_at, s.deployment_id,
+                   (SELECT ds.state FROM deployment_stacks ds INDEXED BY deployment_stacks_by_name
+                    WHERE ds.name = n.name AND ds.state != 'pending' ORDER BY ds.rowid DESC LIMIT 1) AS last_state,
+                   COALESCE(s.depends_on, (SELECT ds.depends_on FROM deployment_stacks ds INDEXED BY
+                    deployment_stacks_by_name WHERE ds.name = n.name ORDER BY ds.rowid DESC LIMIT 1)) AS depends_on
+            FROM names n LEFT JOIN stacks s ON s.name = n.name
             ORDER BY 1"""
         with self._lock:
             rows = self._db.execute(query).fetchall()

@@ -38,7 +38,7 @@ section gives the machine, the date, the number of runs N, the median and the sp
 (min-max and p10-p90), and the baseline measured in the same run, interleaved with ours.
 The machine is small (2 cores) and shared, so spreads matter as much as medians.
 """
-SECTIONS = ("overhead", "plan_time", "bringup", "convergence")
+SECTIONS = ("overhead", "plan_time", "bringup", "convergence", "api_scale")
 
 
 class FastImport:

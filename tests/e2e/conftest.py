@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.conftest import AgeKey, tool_environ
+from tests.e2e.served import SECRET, Served
+from tests.helpers import ConfigRepo
 from tests.servers import ForgeServer
+
+#: start a `deployer serve` on the test's repository: serve(poll=..., key=..., **environment)
+Serve = Callable[..., Served]
 
 
 @pytest.fixture
@@ -15,3 +22,23 @@ def forge() -> Iterator[ForgeServer]:
     server = ForgeServer("gitea")
     yield server
     server.close()
+
+
+@pytest.fixture
+def serve(tmp_path: Path, repo: ConfigRepo, age_key: AgeKey, forge: ForgeServer) -> Iterator[Serve]:
+    """Start `deployer serve` on this test's repository (poll interval and other settings as given), with
+    statuses going to the forge stand-in; every service started is stopped, and its log holds no secret."""
+    started: list[Served] = []
+
+    def start(*, poll: int = 0, key: AgeKey | None = age_key, **extra: str) -> Served:
+        env = tool_environ(tmp_path, key, DEPLOYER_REPO_URL=repo.url, DEPLOYER_WEBHOOK_SECRET=SECRET,
+                           DEPLOYER_FORGE="gitea", DEPLOYER_FORGE_API_URL=forge.api_url,
+                           DEPLOYER_FORGE_TOKEN=forge.token, DEPLOYER_POLL_INTERVAL=str(poll), **extra)  # fmt: skip
+        served = Served(env, log=tmp_path / f"serve-{len(started)}.log")
+        started.append(served)
+        return served
+
+    yield start
+    for served in started:
+        served.stop()
+        assert SECRET not in served.log()

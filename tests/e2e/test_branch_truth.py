@@ -14,39 +14,18 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import AgeKey, tool_environ
+from tests.conftest import AgeKey
 from tests.deliveries import push_payload, sign
+from tests.e2e.conftest import Serve
 from tests.e2e.served import BROKEN, SECRET, Served, container_env, http, wait_for
 from tests.helpers import ConfigRepo, git, service
 from tests.servers import ForgeServer
 
 pytestmark = pytest.mark.usefixtures("engine")
-
-Serve = Callable[..., Served]
-
-
-@pytest.fixture
-def serve(tmp_path: Path, repo: ConfigRepo, age_key: AgeKey, forge: ForgeServer) -> Iterator[Serve]:
-    """Start `deployer serve` on this test's repository (poll interval and other settings as given)."""
-    started: list[Served] = []
-
-    def start(*, poll: int = 0, key: AgeKey | None = age_key, **extra: str) -> Served:
-        env = tool_environ(tmp_path, key, DEPLOYER_REPO_URL=repo.url, DEPLOYER_WEBHOOK_SECRET=SECRET,
-                           DEPLOYER_FORGE="gitea", DEPLOYER_FORGE_API_URL=forge.api_url,
-                           DEPLOYER_FORGE_TOKEN=forge.token, DEPLOYER_POLL_INTERVAL=str(poll), **extra)  # fmt: skip
-        served = Served(env, log=tmp_path / f"serve-{len(started)}.log")
-        started.append(served)
-        return served
-
-    yield start
-    for served in started:
-        served.stop()
-        assert SECRET not in served.log()
 
 
 def version(repo: ConfigRepo, name: str, value: str, **deployer: object) -> str:

@@ -1,6 +1,7 @@
 """A person's redeploy through a real `deployer serve`: exactly the stacks named, at the ref named, held there.
 
-Real gunicorn, deploy worker, git, sops, age and Docker engine; no forge (statuses are off).
+Real gunicorn, deploy worker, git, sops, age and Docker engine; the forge is tests/servers.py's stand-in.
+The API is open (tests/conftest.py tool_environ sets DEPLOYER_INSECURE_OPEN_API): identity has its own tests.
 """
 
 from __future__ import annotations
@@ -8,35 +9,15 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import AgeKey, tool_environ
-from tests.e2e.served import SECRET, Served, container_env, http, wait_for
+from tests.e2e.conftest import Serve
+from tests.e2e.served import Served, container_env, http, wait_for
 from tests.helpers import ConfigRepo, service
 
 pytestmark = pytest.mark.usefixtures("engine")
-
-Serve = Callable[..., Served]
-
-
-@pytest.fixture
-def serve(tmp_path: Path, repo: ConfigRepo, age_key: AgeKey) -> Iterator[Serve]:
-    started: list[Served] = []
-
-    def start(*, poll: int = 0) -> Served:
-        env = tool_environ(tmp_path, age_key, DEPLOYER_REPO_URL=repo.url, DEPLOYER_WEBHOOK_SECRET=SECRET,
-                           DEPLOYER_POLL_INTERVAL=str(poll), DEPLOYER_INSECURE_OPEN_API="true")  # fmt: skip
-        served = Served(env, log=tmp_path / f"serve-{len(started)}.log")
-        started.append(served)
-        return served
-
-    yield start
-    for served in started:
-        served.stop()
 
 
 def post(served: Served, path: str, body: object) -> tuple[int, Any]:

@@ -9,15 +9,19 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from tests.deliveries import push_payload, sign
-from tests.helpers import TEST_IMAGE
+from tests.helpers import ROOT, TEST_IMAGE, ConfigRepo, require_tool, service
 
 SECRET = "e2e-hook-secret"
 FINISHED = ("succeeded", "failed", "superseded")
@@ -128,6 +132,65 @@ def container_env(project: str) -> dict[str, str]:
     inspect = subprocess.run(["docker", "inspect", "--format", "{{json .Config.Env}}", ids[0]], capture_output=True,
                              text=True, check=True)  # fmt: skip
     return dict(item.split("=", 1) for item in json.loads(inspect.stdout))
+
+
+def container_id(project: str) -> str:
+    """The id of the running container of compose project `project` ('' when none)."""
+    argv = ["docker", "ps", "--filter", f"label=com.docker.compose.project={project}", "--format", "{{.ID}}"]
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def versions(repo: ConfigRepo, *names: str, value: str) -> str:
+    """Commit every named stack with VERSION=value; return the commit."""
+    for name in names:
+        repo.stack(name, {"main": service(environment={"VERSION": value})})
+    return repo.commit(f"v{value}")
+
+
+class Traefik:
+    """The real traefik binary on loopback with the shipped middlewares and the deployer's routes
+    (stacks/traefik/dynamic/), forward-auth sent to `outpost_url` and the deployer's service to `deployer_url`.
+
+    The entry point is `websecure` in plain HTTP, with the shipped default `secure-headers@file`.
+    """
+
+    def __init__(self, tmp_path: Path, *, outpost_url: str, deployer_url: str, domain: str) -> None:
+        shipped = ROOT / "stacks/traefik/dynamic"
+        dynamic = tmp_path / "dynamic"
+        dynamic.mkdir()
+        for name, old, new in (("middlewares.yml", "http://authentik-server:9000", outpost_url),
+                               ("deployer.yml", "http://host.docker.internal:8000", deployer_url)):  # fmt: skip
+            text = (shipped / name).read_text()
+            assert old in text, f"{name} no longer names {old}"
+            (dynamic / name).write_text(text.replace(old, new))
+        port = free_port()
+        static = {"entryPoints": {"websecure": {"address": f"127.0.0.1:{port}",
+                                                "http": {"middlewares": ["secure-headers@file"]}}},
+                  "providers": {"file": {"directory": str(dynamic)}}, "log": {"level": "INFO"}}  # fmt: skip
+        (tmp_path / "traefik.yml").write_text(yaml.safe_dump(static))
+        self._log = (tmp_path / "traefik.log").open("wb")
+        self.process = subprocess.Popen([require_tool("traefik"), f"--configFile={tmp_path / 'traefik.yml'}"],
+                                        stdout=self._log, stderr=subprocess.STDOUT, cwd=tmp_path,
+                                        env={"HOME": str(tmp_path), "DOMAIN": domain})  # fmt: skip
+        self.base = f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=15)
+        self._log.close()
+
+
+class LoopbackServer:
+    """A threaded HTTP server on 127.0.0.1 for a stand-in's handler class."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 #: a service that compose cannot start: its image is not on the engine and may not be pulled

@@ -9,27 +9,25 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.conftest import AgeKey, tool_environ
 from tests.deliveries import push_payload, sign
-from tests.e2e.served import SECRET, Served, free_port, http, wait_for
+from tests.e2e.served import SECRET, LoopbackServer, Served, Traefik, http, wait_for
 from tests.helpers import ROOT, ConfigRepo, require_tool
 from tests.servers import ForgeServer
 
 DOMAIN = "example.test"
 
 
-class Outpost:
+class Outpost(LoopbackServer):
     """Authentik's embedded outpost as forward-auth sees it when nobody is logged in: 401, and a count."""
 
     def __init__(self) -> None:
@@ -48,50 +46,24 @@ class Outpost:
                 pass
 
         self.calls = calls
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 @pytest.fixture
 def edge(tmp_path: Path, repo: ConfigRepo, age_key: AgeKey, forge: ForgeServer) -> Iterator[tuple[str, Outpost]]:
     """Traefik on loopback with the shipped middlewares and deployer routes, in front of `deployer serve`."""
-    binary = require_tool("traefik")
     repo.write("README.md", "no stacks yet\n")
     repo.commit("empty")
     env = tool_environ(tmp_path, age_key, DEPLOYER_REPO_URL=repo.url, DEPLOYER_WEBHOOK_SECRET=SECRET,
                        DEPLOYER_POLL_INTERVAL="0")  # fmt: skip
     served = Served(env, log=tmp_path / "serve.log")
     outpost = Outpost()
-    dynamic = tmp_path / "dynamic"
-    dynamic.mkdir()
-    shipped = ROOT / "stacks/traefik/dynamic"
-    middlewares = (shipped / "middlewares.yml").read_text().replace("http://authentik-server:9000", outpost.url)
-    (dynamic / "middlewares.yml").write_text(middlewares)
-    routes = (shipped / "deployer.yml").read_text()
-    assert "http://host.docker.internal:8000" in routes
-    (dynamic / "deployer.yml").write_text(routes.replace("http://host.docker.internal:8000", served.base))
-    port = free_port()
-    static = {"entryPoints": {"websecure": {"address": f"127.0.0.1:{port}",
-                                            "http": {"middlewares": ["secure-headers@file"]}}},
-              "providers": {"file": {"directory": str(dynamic)}}, "log": {"level": "INFO"}}  # fmt: skip
-    (tmp_path / "traefik.yml").write_text(yaml.safe_dump(static))
-    log = (tmp_path / "traefik.log").open("wb")
-    traefik = subprocess.Popen([binary, f"--configFile={tmp_path / 'traefik.yml'}"], stdout=log,
-                               stderr=subprocess.STDOUT, cwd=tmp_path, env={"HOME": str(tmp_path),
-                                                                            "DOMAIN": DOMAIN})  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
+    traefik = Traefik(tmp_path, outpost_url=outpost.url, deployer_url=served.base, domain=DOMAIN)
     try:
-        wait_for(lambda: _routed(base), timeout=30, what="traefik to load the deployer's routes")
-        yield base, outpost
+        wait_for(lambda: _routed(traefik.base), timeout=30, what="traefik to load the deployer's routes")
+        yield traefik.base, outpost
     finally:
-        traefik.terminate()
-        traefik.wait(timeout=15)
-        log.close()
+        traefik.stop()
         outpost.close()
         served.stop()
 

@@ -7,15 +7,14 @@ The API is open (tests/conftest.py tool_environ sets DEPLOYER_INSECURE_OPEN_API)
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from typing import Any
 
 import pytest
 
 from tests.e2e.conftest import Serve
-from tests.e2e.served import Served, container_env, http, wait_for
-from tests.helpers import ConfigRepo, service
+from tests.e2e.served import Served, container_env, container_id, http, versions, wait_for
+from tests.helpers import ConfigRepo
 
 pytestmark = pytest.mark.usefixtures("engine")
 
@@ -25,22 +24,11 @@ def post(served: Served, path: str, body: object) -> tuple[int, Any]:
     return http("POST", f"{served.base}{path}", body=data, headers={"Content-Type": "application/json"})
 
 
-def container_id(project: str) -> str:
-    argv = ["docker", "ps", "--filter", f"label=com.docker.compose.project={project}", "--format", "{{.ID}}"]
-    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
-
-
-def version(repo: ConfigRepo, *names: str, value: str) -> str:
-    for name in names:
-        repo.stack(name, {"main": service(environment={"VERSION": value})})
-    return repo.commit(f"v{value}")
-
-
 def test_a_manual_redeploy_deploys_exactly_the_named_stack_and_force_recreates_it(
     serve: Serve, repo: ConfigRepo, prefix: str
 ) -> None:
     a, b = f"{prefix}-a", f"{prefix}-b"
-    head = version(repo, a, b, value="1")
+    head = versions(repo, a, b, value="1")
     served = serve()
     assert served.finished(served.push(head))["state"] == "succeeded"
     before = {name: container_id(name) for name in (a, b)}
@@ -61,8 +49,8 @@ def test_a_manual_deploy_of_an_older_commit_is_held_until_the_next_push_or_a_rel
     serve: Serve, repo: ConfigRepo, prefix: str
 ) -> None:
     a, b = f"{prefix}-a", f"{prefix}-b"
-    old = version(repo, a, b, value="1")
-    new = version(repo, a, b, value="2")
+    old = versions(repo, a, b, value="1")
+    new = versions(repo, a, b, value="2")
     served = serve(poll=1)
     wait_for(lambda: served.deployed(a) == new and served.deployed(b) == new, timeout=60, what="the head deployed")
 
@@ -84,7 +72,7 @@ def test_a_manual_deploy_of_an_older_commit_is_held_until_the_next_push_or_a_rel
 
     status, answer = post(served, "/api/deployments", {"ref": old, "stacks": [a]})
     assert served.finished(answer["deployment_id"])["state"] == "succeeded"
-    pushed = version(repo, a, b, value="3")
+    pushed = versions(repo, a, b, value="3")
     assert served.finished(served.push(pushed, before=new))["state"] == "succeeded"  # a push releases it
     assert container_env(a)["VERSION"] == "3"
     assert {s["name"]: s["held"] for s in served.get("/api/stacks")} == {a: None, b: None}
@@ -109,7 +97,7 @@ def test_a_manual_deploy_of_an_older_commit_is_held_until_the_next_push_or_a_rel
 def test_bad_manual_requests_are_refused_naming_the_field_and_queue_nothing(
     serve: Serve, repo: ConfigRepo, prefix: str, body: object, status: int, message: str
 ) -> None:
-    head = version(repo, f"{prefix}-a", value="1")
+    head = versions(repo, f"{prefix}-a", value="1")
     served = serve()
     assert served.finished(served.push(head))["state"] == "succeeded"
     answer = post(served, "/api/deployments", body)

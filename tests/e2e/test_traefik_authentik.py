@@ -11,24 +11,32 @@ worker and the Docker engine are real.
 from __future__ import annotations
 
 import json
-import subprocess
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from http.cookies import SimpleCookie
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.authentik import AUDIENCE, ISSUER, JwksServer, SigningKey, claims, hs256_with, unsigned
 from tests.conftest import AgeKey, tool_environ
 from tests.deliveries import push_payload, sign
-from tests.e2e.served import FINISHED, SECRET, Served, container_env, free_port, http, wait_for
-from tests.helpers import ROOT, ConfigRepo, require_tool, service
+from tests.e2e.served import (
+    FINISHED,
+    SECRET,
+    LoopbackServer,
+    Served,
+    Traefik,
+    container_env,
+    container_id,
+    http,
+    versions,
+    wait_for,
+)
+from tests.helpers import ConfigRepo
 from tests.servers import ForgeServer
 
 DOMAIN = "example.test"
@@ -36,7 +44,7 @@ DOMAIN = "example.test"
 USERS = {"vera": ("viewers",), "dora": ("deployers",)}
 
 
-class Outpost:
+class Outpost(LoopbackServer):
     """A stand-in for Authentik's embedded outpost answering Traefik's forward-auth GET.
 
     The `session` cookie of the client's request (Traefik passes the client's headers on) names who is
@@ -71,13 +79,7 @@ class Outpost:
                 pass
 
         self.calls = calls
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 class Edge:
@@ -148,7 +150,6 @@ def identity_env(tmp_path: Path, repo: ConfigRepo, key_file: AgeKey | None, jwks
 def edge(tmp_path: Path, repo: ConfigRepo, age_key: AgeKey, forge: ForgeServer,
          key: SigningKey) -> Iterator[Callable[[], Edge]]:  # fmt: skip
     """start(): the deployer on the repository as the test has written it, behind Traefik and the stand-ins."""
-    binary = require_tool("traefik")
     cleanups: list[Callable[[], None]] = []
 
     def start() -> Edge:
@@ -160,32 +161,9 @@ def edge(tmp_path: Path, repo: ConfigRepo, age_key: AgeKey, forge: ForgeServer,
         cleanups.append(served.stop)
         outpost = Outpost(key)
         cleanups.append(outpost.close)
-        dynamic = tmp_path / "dynamic"
-        dynamic.mkdir()
-        shipped = ROOT / "stacks/traefik/dynamic"
-        middlewares = (shipped / "middlewares.yml").read_text()
-        assert "http://authentik-server:9000" in middlewares
-        (dynamic / "middlewares.yml").write_text(middlewares.replace("http://authentik-server:9000", outpost.url))
-        routes = (shipped / "deployer.yml").read_text()
-        assert "http://host.docker.internal:8000" in routes
-        (dynamic / "deployer.yml").write_text(routes.replace("http://host.docker.internal:8000", served.base))
-        port = free_port()
-        static = {"entryPoints": {"websecure": {"address": f"127.0.0.1:{port}",
-                                                "http": {"middlewares": ["secure-headers@file"]}}},
-                  "providers": {"file": {"directory": str(dynamic)}}, "log": {"level": "INFO"}}  # fmt: skip
-        (tmp_path / "traefik.yml").write_text(yaml.safe_dump(static))
-        log = (tmp_path / "traefik.log").open("wb")
-        traefik = subprocess.Popen([binary, f"--configFile={tmp_path / 'traefik.yml'}"], stdout=log,
-                                   stderr=subprocess.STDOUT, cwd=tmp_path,
-                                   env={"HOME": str(tmp_path), "DOMAIN": DOMAIN})  # fmt: skip
-
-        def stop_traefik() -> None:
-            traefik.terminate()
-            traefik.wait(timeout=15)
-            log.close()
-
-        cleanups.append(stop_traefik)
-        found = Edge(f"http://127.0.0.1:{port}", served, outpost, key)
+        traefik = Traefik(tmp_path, outpost_url=outpost.url, deployer_url=served.base, domain=DOMAIN)
+        cleanups.append(traefik.stop)
+        found = Edge(traefik.base, served, outpost, key)
         wait_for(lambda: _routed(found), timeout=30, what="traefik to load the deployer's routes")
         return found
 
@@ -201,21 +179,10 @@ def _routed(edge: Edge) -> bool:
         return False
 
 
-def container_id(project: str) -> str:
-    argv = ["docker", "ps", "--filter", f"label=com.docker.compose.project={project}", "--format", "{{.ID}}"]
-    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
-
-
-def version(repo: ConfigRepo, *names: str, value: str) -> str:
-    for name in names:
-        repo.stack(name, {"main": service(environment={"VERSION": value})})
-    return repo.commit(f"v{value}")
-
-
 @pytest.mark.usefixtures("engine")
 def test_a_viewer_reads_through_traefik_but_may_not_deploy(edge: Callable[[], Edge], repo: ConfigRepo,
                                                            prefix: str) -> None:  # fmt: skip
-    version(repo, f"{prefix}-a", value="1")
+    versions(repo, f"{prefix}-a", value="1")
     running = edge()
     assert running.call("GET", "/api/deployments", user="mallory") == (401, b"login required")  # unknown session
     status, answer = running.call("GET", "/api/deployments", user="vera")
@@ -231,7 +198,7 @@ def test_a_viewer_reads_through_traefik_but_may_not_deploy(edge: Callable[[], Ed
 def test_a_deployer_redeploys_exactly_the_named_stack_as_themself(edge: Callable[[], Edge], repo: ConfigRepo,
                                                                   prefix: str) -> None:  # fmt: skip
     a, b = f"{prefix}-a", f"{prefix}-b"
-    head = version(repo, a, b, value="1")
+    head = versions(repo, a, b, value="1")
     running = edge()
     assert running.finished(running.served.push(head))["state"] == "succeeded"
     before = container_id(b)
@@ -248,8 +215,8 @@ def test_a_deployer_redeploys_exactly_the_named_stack_as_themself(edge: Callable
 def test_a_deployer_deploys_an_older_commit_which_is_held(edge: Callable[[], Edge], repo: ConfigRepo,
                                                           prefix: str) -> None:  # fmt: skip
     a, b = f"{prefix}-a", f"{prefix}-b"
-    old = version(repo, a, b, value="1")
-    new = version(repo, a, b, value="2")
+    old = versions(repo, a, b, value="1")
+    new = versions(repo, a, b, value="2")
     running = edge()
     assert running.finished(running.served.push(new, before=old))["state"] == "succeeded"
 
@@ -268,7 +235,7 @@ def test_a_deployer_deploys_an_older_commit_which_is_held(edge: Callable[[], Edg
 @pytest.mark.usefixtures("engine")
 def test_identity_headers_sent_to_the_webhook_route_are_stripped(edge: Callable[[], Edge], repo: ConfigRepo,
                                                                  prefix: str) -> None:  # fmt: skip
-    head = version(repo, f"{prefix}-a", value="1")
+    head = versions(repo, f"{prefix}-a", value="1")
     running = edge()
     calls = len(running.outpost.calls)
     delivery = sign("gitea", push_payload("gitea", after=head), SECRET)

@@ -118,11 +118,20 @@ def _service_settings(settings: Settings) -> Settings:
     return settings
 
 
+def _beside_engine(settings: Settings) -> None:
+    """In a container, refuse to start when the engine would not see the state dir at the same path."""
+    from deployer.apply.beside import check_beside_engine
+    from deployer.runner import SubprocessRunner
+
+    check_beside_engine(SubprocessRunner(), settings.docker_env, settings.state_dir)
+
+
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from deployer.serve import serve
 
     settings = _service_settings(settings)
     _log_to_stderr()
+    _beside_engine(settings)
     return serve(settings, bind=args.bind or settings.bind)
 
 
@@ -143,6 +152,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
     settings = _service_settings(settings)
     _log_to_stderr()
+    _beside_engine(settings)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop_on_signal(stop))
@@ -192,6 +202,7 @@ def _plan_json(plan: Plan) -> dict[str, object]:
 def _deploy(args: argparse.Namespace, settings: Settings) -> int:
     from deployer.pipeline import Deps, Request, deploy  # lazy: `serve` keeps git out of the gunicorn master
 
+    _beside_engine(settings)
     deps = Deps.from_settings(settings)
     progress = ConsoleProgress()
     try:

@@ -67,6 +67,9 @@ class Settings:
     authentik_jwks_url: str | None = None
     authentik_issuer: str | None = None
     authentik_audience: str | None = None
+    #: the proxy provider's client secret: Authentik signs its outpost tokens HS256 with it when the
+    #: provider has no signing key, which a proxy provider never has
+    authentik_client_secret: str | None = field(default=None, repr=False)
     deploy_groups: tuple[str, ...] = ()
     view_groups: tuple[str, ...] = ()
     #: serve /api and the pages without identity (a loopback-only install); said in the log at start
@@ -104,6 +107,7 @@ class Settings:
             authentik_jwks_url=_get(environ, "DEPLOYER_AUTHENTIK_JWKS_URL"),
             authentik_issuer=_get(environ, "DEPLOYER_AUTHENTIK_ISSUER"),
             authentik_audience=_get(environ, "DEPLOYER_AUTHENTIK_AUDIENCE"),
+            authentik_client_secret=_client_secret(environ, "DEPLOYER_AUTHENTIK_CLIENT_SECRET"),
             deploy_groups=_names(environ, "DEPLOYER_DEPLOY_GROUPS"),
             view_groups=_names(environ, "DEPLOYER_VIEW_GROUPS"),
             insecure_open_api=_bool(environ, "DEPLOYER_INSECURE_OPEN_API", default=False),
@@ -129,6 +133,18 @@ def _secret(environ: Mapping[str, str], name: str) -> str | None:
         return Path(path).read_text(encoding="utf-8").strip() or None
     except OSError as error:
         raise ConfigError(f"{name}_FILE: cannot read {path}: {error.strerror}") from error
+
+
+#: the shortest client secret accepted as an HMAC key (Authentik generates 128 characters)
+MIN_CLIENT_SECRET = 32
+
+
+def _client_secret(environ: Mapping[str, str], name: str) -> str | None:
+    value = _secret(environ, name)
+    if value is not None and len(value.encode()) < MIN_CLIENT_SECRET:
+        raise ConfigError(f"{name}: {len(value.encode())} bytes is too short for an HMAC key (at least"
+                          f" {MIN_CLIENT_SECRET}): copy the provider's whole client secret")  # fmt: skip
+    return value
 
 
 def _int(environ: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:

@@ -5,6 +5,11 @@ The real Authentik cannot run here. `JwksServer` is a stand-in for its per-provi
 the public halves of the keys the test made and counts the requests it gets. Tokens carry the claims
 the outpost's ID token and a client-credentials access token carry: iss, aud (the provider's
 client_id), exp, iat, sub, preferred_username, email, groups.
+
+`ClientSecret` signs as Authentik really signs a proxy provider's tokens: a proxy provider has no
+signing key (authentik/providers/proxy/models.py `set_oauth_defaults` sets `signing_key = None`), so its
+outpost's X-authentik-jwt and its client-credentials tokens are HS256 with the provider's client
+secret, with no `kid`, and its JWKS is empty.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -56,6 +62,16 @@ class SigningKey:
 
     def sign(self, claims: dict[str, Any], **headers: Any) -> str:
         return jwt.encode(claims, self.private, algorithm=self.algorithm, headers={"kid": self.kid, **headers})
+
+
+@dataclass
+class ClientSecret:
+    """A proxy provider's client secret, the HS256 key of its tokens (128 characters, as Authentik makes them)."""
+
+    secret: str = field(repr=False, default_factory=lambda: base64.urlsafe_b64encode(os.urandom(96)).decode())
+
+    def sign(self, claims: dict[str, Any], **headers: Any) -> str:
+        return jwt.encode(claims, self.secret, algorithm="HS256", headers=headers or None)
 
 
 def claims(username: str = "alice", groups: tuple[str, ...] = ("deployers",), *, ttl: float = 300,

@@ -260,4 +260,7 @@ def _absolute(url: str) -> str:
 def _git_error(error: git.GitCommandError) -> str:
     text = str(error.stderr or error).strip().strip("'").replace("stderr: ", "")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return redact_url(lines[-1] if lines else "git failed")
+    # git's first "fatal:" says why ("detected dubious ownership in repository at ..."); the lines after
+    # it are generic advice ("Please make sure you have the correct access rights")
+    fatal = [line.removeprefix("fatal: ") for line in lines if line.startswith("fatal: ")]
+    return redact_url(fatal[0] if fatal else lines[-1] if lines else "git failed")

@@ -3,8 +3,11 @@
 Every path is guarded except PUBLIC_PATHS (the webhook, liveness, readiness, metrics), which never
 look at `X-authentik-*` headers: a route added later is closed until it is listed here. Readers are
 DEPLOYER_VIEW_GROUPS and DEPLOYER_DEPLOY_GROUPS; anything but GET/HEAD/OPTIONS needs a deploy
-group. No identity is 401, a missing group 403, and every refused write leaves `request.refused`
-in the audit journal naming who tried. Handlers find the caller on `flask.g.identity`.
+group. No identity is 401, a missing group 403. Every refused write, whatever refused it (the gate,
+a bad body, an unknown stack or ref, a body over the limit, a missing CSRF token), leaves one
+`request.refused` in the audit journal naming who tried: the error handlers say why (`refused`),
+and `_audit_refused_write` records it once the answer is made. Handlers find the caller on
+`flask.g.identity`.
 """
 
 from __future__ import annotations
@@ -12,14 +15,14 @@ from __future__ import annotations
 import logging
 from typing import Final
 
-from flask import Flask, current_app, g, request
+from flask import Flask, Response, current_app, g, request
 
 from deployer.errors import AuthenticationError, AuthorizationError
 from deployer.settings import Settings
 from deployer.web.context import Service
 from deployer.web.identity import Identifier, Identity, KeySet
 
-__all__ = ["ANONYMOUS", "PUBLIC_PATHS", "Gate", "current_identity", "install"]
+__all__ = ["ANONYMOUS", "PUBLIC_PATHS", "Gate", "current_identity", "install", "refused"]
 
 log = logging.getLogger("deployer.web")
 
@@ -41,8 +44,33 @@ def install(app: Flask, settings: Settings, *, keys: KeySet | None = None) -> Ga
     """Guard `app`, and say in the log how it is guarded."""
     gate = Gate(settings, keys=keys)
     app.before_request(gate.check)
+    app.after_request(_audit_refused_write)
     gate.announce()
     return gate
+
+
+def refused(code: str, message: str) -> None:
+    """What an error handler answers: the reason a refused write is audited with."""
+    g.refusal = (code, message)
+
+
+def _audit_refused_write(response: Response) -> Response:
+    """after_request: a write to a guarded path that was refused (4xx, or 503 when identity cannot be
+    checked) leaves `request.refused` naming who tried, or who the request claimed to be."""
+    status = response.status_code
+    if request.method in READ_METHODS or request.path in PUBLIC_PATHS or not (400 <= status < 500 or status == 503):
+        return response
+    code, message = g.get("refusal") or (str(status), response.status)
+    identity: Identity | None = g.get("identity") or g.get("attempted")
+    claimed = request.headers.get("X-authentik-username")
+    Service.current(current_app).journal.record_many("request.refused", [{
+        "deployment_id": None, "commit": None, "reason": f"{code}: {message}", "status": status,
+        "actor": identity.username if identity else None,
+        "claimed_user": claimed[:200] if claimed and identity is None else None,
+        "via": identity.via if identity else None,
+        "peer": request.remote_addr, "method": request.method, "path": request.path,
+    }])  # fmt: skip
+    return response
 
 
 def current_identity() -> Identity | None:
@@ -54,7 +82,9 @@ def current_identity() -> Identity | None:
 class Gate:
     def __init__(self, settings: Settings, *, keys: KeySet | None = None) -> None:
         self.settings = settings
-        self.configured = bool(settings.trusted_proxies or settings.authentik_jwks_url)
+        self.configured = bool(
+            settings.trusted_proxies or settings.authentik_jwks_url or settings.authentik_client_secret
+        )
         self.open = settings.insecure_open_api and not self.configured
         self.identifier = Identifier(settings, keys=keys) if self.configured else None
         self.writers = frozenset(settings.deploy_groups)
@@ -71,10 +101,11 @@ class Gate:
             return
         if s.insecure_open_api:
             log.warning("DEPLOYER_INSECURE_OPEN_API ignored: identity is configured, so /api requires it")
-        if not s.authentik_jwks_url:
-            log.info("identity from the X-authentik-* headers of %s, no token checked (no DEPLOYER_AUTHENTIK_JWKS_URL)",
-                     ", ".join(map(str, s.trusted_proxies)))  # fmt: skip
-        elif not s.authentik_audience:
+        if not (s.authentik_jwks_url or s.authentik_client_secret):
+            log.warning("identity from the X-authentik-* headers of %s, no token checked (neither"
+                        " DEPLOYER_AUTHENTIK_CLIENT_SECRET nor DEPLOYER_AUTHENTIK_JWKS_URL): anything that can"
+                        " connect from there can name any user", ", ".join(map(str, s.trusted_proxies)))  # fmt: skip
+        elif s.authentik_jwks_url and not s.authentik_audience:
             log.warning("DEPLOYER_AUTHENTIK_AUDIENCE is not set: tokens of any application signed by that key "
                         "set are accepted")  # fmt: skip
         if not self.writers:
@@ -85,14 +116,8 @@ class Gate:
         if request.path in PUBLIC_PATHS:
             return
         write = request.method not in READ_METHODS
-        identity: Identity | None = None
-        try:
-            identity = self._identity()
-            self._authorize(identity, write=write)
-        except (AuthenticationError, AuthorizationError) as error:
-            if write:
-                self._refused(error, identity)
-            raise
+        identity = g.attempted = self._identity()  # (the refusal of a write names who tried)
+        self._authorize(identity, write=write)
         g.identity = identity
 
     def _identity(self) -> Identity:
@@ -115,13 +140,3 @@ class Gate:
         if not identity.groups & needed:
             variable = "DEPLOYER_DEPLOY_GROUPS" if write else "DEPLOYER_VIEW_GROUPS or DEPLOYER_DEPLOY_GROUPS"
             raise AuthorizationError(f"{identity.username} is in none of the groups of {variable}")
-
-    def _refused(self, error: AuthenticationError | AuthorizationError, identity: Identity | None) -> None:
-        claimed = request.headers.get("X-authentik-username")
-        Service.current(current_app).journal.record_many("request.refused", [{
-            "deployment_id": None, "commit": None, "reason": f"{error.code}: {error.message}",
-            "actor": identity.username if identity else None,
-            "claimed_user": claimed[:200] if claimed and identity is None else None,
-            "via": identity.via if identity else None,
-            "peer": request.remote_addr, "method": request.method, "path": request.path,
-        }])  # fmt: skip

@@ -19,6 +19,7 @@ from deployer.errors import (
     SignatureError,
     UnknownStackError,
 )
+from deployer.web.auth import refused
 from deployer.web.identity import KeySetUnavailableError
 
 __all__ = ["HTTP_STATUS", "register"]
@@ -46,6 +47,7 @@ def register(app: Flask) -> None:
 def _deployer_error(error: DeployerError) -> ResponseReturnValue:
     status = next((code for kind, code in HTTP_STATUS.items() if isinstance(error, kind)), 500)
     log.warning("%s %s -> %d %s: %s%s", request.method, request.path, status, error.code, error.message, _who())
+    refused(error.code, error.message)
     answer = jsonify(error=error.code, message=error.message)
     if status == 401 and isinstance(error, AuthenticationError):
         answer.headers["WWW-Authenticate"] = 'Bearer realm="deployer"'
@@ -56,6 +58,7 @@ def _http_error(error: HTTPException) -> ResponseReturnValue:
     status = error.code or 500
     if status >= 400 and status != 404:
         log.warning("%s %s -> %d: %s%s", request.method, request.path, status, error.description, _who())
+    refused(error.name.lower().replace(" ", "_"), str(error.description))
     return jsonify(error=error.name.lower().replace(" ", "_"), message=error.description), status
 
 

@@ -12,10 +12,15 @@ bad token, headers that contradict the token). The rules (docs/service.md "Ident
   `Authorization: Bearer` (a machine client, from any peer). The token is the identity: username
   (`preferred_username`, else `sub`), groups (`groups` claim) and email come from its claims, and
   plain headers that name another user or other groups refuse the request.
-* Without a key set, trusted headers are the identity and bearer tokens cannot be checked (refused).
+* `DEPLOYER_AUTHENTIK_CLIENT_SECRET` does the same for tokens signed HS256 with the proxy provider's
+  client secret, which is how Authentik signs them: a proxy provider has no signing key (its JWKS is
+  empty). Either or both may be set; a token's `alg` picks which one checks it, never the other.
+* Without either, trusted headers are the identity and bearer tokens cannot be checked (refused).
 
 Keys come only from the configured URL (never `jku`, `x5u`, `jwk` or `X-authentik-meta-jwks`), only
 asymmetric ones, and a token is checked with the algorithm of the key its `kid` selects, nothing else.
+An HS256 token is checked with the configured client secret only, so a token "signed" with a public
+key of the key set (the algorithm confusion attack) fails like any other forgery.
 """
 
 from __future__ import annotations
@@ -211,26 +216,48 @@ class KeySet:
 
 
 class TokenVerifier:
-    """Checks a JWT against the key set: signature (the kid's key and algorithm only), exp, iss and aud."""
+    """Checks a JWT: signature (the kid's key and algorithm from the key set, or HS256 with the client
+    secret), exp, iss and aud."""
 
-    def __init__(self, keys: KeySet, *, issuer: str | None, audience: str | None, leeway: float = LEEWAY) -> None:
+    def __init__(
+        self,
+        keys: KeySet | None,
+        *,
+        issuer: str | None,
+        audience: str | None,
+        client_secret: str | None = None,
+        leeway: float = LEEWAY,
+    ) -> None:
         self.keys = keys
+        self.client_secret = client_secret
         self.issuer = issuer
         self.audience = audience
         self.leeway = leeway
 
     def claims(self, token: str) -> dict[str, Any]:
-        kid = _kid(token)
-        key = self.keys.key(kid)  # only ever from the configured set: jku, x5u and jwk headers are not read
+        header = _header(token)
+        if header.get("alg") == "HS256":
+            if self.client_secret is None:
+                raise AuthenticationError(
+                    "token signed HS256, but no DEPLOYER_AUTHENTIK_CLIENT_SECRET is set to check it"
+                )
+            return self._decode(token, self.client_secret, "HS256")
+        if self.keys is None:
+            raise AuthenticationError(f"token signed {header.get('alg')!r}: only HS256 with the client secret is"
+                                      " accepted (DEPLOYER_AUTHENTIK_JWKS_URL is not set)")  # fmt: skip
+        key = self.keys.key(_kid(header))  # only ever from the configured set: jku, x5u and jwk headers are not read
+        return self._decode(token, key.key, key.algorithm_name)
+
+    def _decode(self, token: str, key: Any, algorithm: str) -> dict[str, Any]:
         try:
             return jwt.decode(
-                token, key.key, algorithms=[key.algorithm_name], issuer=self.issuer, audience=self.audience,
+                token, key, algorithms=[algorithm], issuer=self.issuer, audience=self.audience,
                 leeway=self.leeway, options={"require": ["exp"], "verify_aud": self.audience is not None},
             )  # fmt: skip
         except jwt.ExpiredSignatureError:
             raise AuthenticationError("token expired") from None
         except jwt.InvalidAlgorithmError:
-            raise AuthenticationError(f"token not signed with its key's algorithm ({key.algorithm_name})") from None
+            raise AuthenticationError(f"token not signed with its key's algorithm ({algorithm})") from None
         except jwt.PyJWTError as error:
             raise AuthenticationError(f"token rejected: {error}") from None
 
@@ -241,10 +268,11 @@ class Identifier:
     def __init__(self, settings: Settings, *, keys: KeySet | None = None) -> None:
         self.settings = settings
         self.verifier: TokenVerifier | None = None
-        if settings.authentik_jwks_url:
+        if settings.authentik_jwks_url or settings.authentik_client_secret:
             self.verifier = TokenVerifier(
-                keys or KeySet(settings.authentik_jwks_url),
+                keys or (KeySet(settings.authentik_jwks_url) if settings.authentik_jwks_url else None),
                 issuer=settings.authentik_issuer, audience=settings.authentik_audience,
+                client_secret=settings.authentik_client_secret,
             )  # fmt: skip
 
     def identify(self, peer: str | None, headers: Headers) -> Identity | None:
@@ -260,7 +288,8 @@ class Identifier:
             if username:
                 return Identity(username, parse_groups(_text(groups) or ""), email, "headers")
             if bearer:
-                raise AuthenticationError("a bearer token cannot be checked: DEPLOYER_AUTHENTIK_JWKS_URL is not set")
+                raise AuthenticationError("a bearer token cannot be checked: neither DEPLOYER_AUTHENTIK_JWKS_URL nor"
+                                          " DEPLOYER_AUTHENTIK_CLIENT_SECRET is set")  # fmt: skip
             return None
         token, via = (outpost_token, "headers") if outpost_token else (bearer, "bearer")
         if not token:
@@ -275,8 +304,8 @@ class Identifier:
         return identity
 
 
-def _kid(token: str) -> str:
-    """The kid of a compact JWS, read only to pick the key; jwt.decode checks the whole token after.
+def _header(token: str) -> dict[str, Any]:
+    """The header of a compact JWS, read only to pick the key; jwt.decode checks the whole token after.
 
     (jwt.get_unverified_header would check every segment's alphabet twice per request: ~0.1 ms.)
     """
@@ -287,6 +316,10 @@ def _kid(token: str) -> str:
         header = None
     if not isinstance(header, dict):
         raise AuthenticationError("token is not a JWT")
+    return header
+
+
+def _kid(header: Mapping[str, Any]) -> str:
     kid = header.get("kid")
     if not isinstance(kid, str) or not kid:
         raise AuthenticationError("token names no signing key (kid)")

@@ -25,7 +25,7 @@ from deployer.model import DeploymentState, Trigger
 from deployer.runner import SubprocessRunner
 from deployer.state import StackRecord, StateStore
 from deployer.web import refs
-from deployer.web.auth import current_identity
+from deployer.web.auth import current_identity, refused
 from deployer.web.context import Service
 from deployer.web.http_errors import HTTP_STATUS
 from deployer.web.manual import request_redeploy
@@ -99,6 +99,7 @@ def _deployer_error(error: DeployerError) -> ResponseReturnValue:
     status = next((code for kind, code in HTTP_STATUS.items() if isinstance(error, kind)), 500)
     log.warning("%s %s -> %d %s: %s (from %s)", request.method, request.path, status, error.code, error.message,
                 request.remote_addr)  # fmt: skip
+    refused(error.code, error.message)
     return render_template("error.html", status=status, code=error.code, message=error.message, **_chrome()), status
 
 
@@ -106,6 +107,7 @@ def _deployer_error(error: DeployerError) -> ResponseReturnValue:
 def _http_error(error: HTTPException) -> ResponseReturnValue:
     status = error.code or 500
     code = error.name.lower().replace(" ", "_")
+    refused(code, str(error.description))
     return render_template("error.html", status=status, code=code, message=error.description, **_chrome()), status
 
 
@@ -127,7 +129,7 @@ def _csrf_mac(username: str, stamp: str) -> str:
 
 
 def _check_csrf(token: str | None) -> None:
-    """Refuse (and audit) a form post without a token (400) or with one not this user's, forged or expired (403)."""
+    """Refuse a form post without a token (400) or with one not this user's, forged or expired (403)."""
     identity = current_identity()
     username = identity.username if identity else ""
     error: DeployerError | None = None
@@ -138,14 +140,8 @@ def _check_csrf(token: str | None) -> None:
         error = AuthorizationError("csrf: the form's token has expired; reload the page and send it again")
     elif not hmac.compare_digest(mac.encode(), _csrf_mac(username, stamp).encode()):
         error = AuthorizationError("csrf: the form's token is not valid for this user")
-    if error is None:
-        return
-    Service.current(current_app).journal.record_many("request.refused", [{
-        "deployment_id": None, "commit": None, "reason": f"{error.code}: {error.message}", "actor": username or None,
-        "claimed_user": None, "via": identity.via if identity else None,
-        "peer": request.remote_addr, "method": request.method, "path": request.path,
-    }])  # fmt: skip
-    raise error
+    if error is not None:
+        raise error  # answered, and audited as a refused write, by the error handler
 
 
 # -- helpers ---------------------------------------------------------------------------------------------

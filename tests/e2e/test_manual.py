@@ -92,6 +92,7 @@ def test_a_manual_deploy_of_an_older_commit_is_held_until_the_next_push_or_a_rel
         ({"ref": "no-such-branch"}, 404, "ref 'no-such-branch' is not in the deployer's mirror"),
         ({"ref": "--upload-pack=evil"}, 404, "is not a branch, tag or commit name"),
         ({"stacks": ["nosuchstack"]}, 422, "stacks: no such stack at"),
+        (b'{"reason": "' + b"x" * (1024 * 1024) + b'"}', 413, "exceeds the capacity limit"),  # DEPLOYER_MAX_BODY
     ],
 )
 def test_bad_manual_requests_are_refused_naming_the_field_and_queue_nothing(
@@ -103,3 +104,6 @@ def test_bad_manual_requests_are_refused_naming_the_field_and_queue_nothing(
     answer = post(served, "/api/deployments", body)
     assert answer[0] == status and message in answer[1]["message"], answer
     assert len(served.deployments()) == 1
+    [refused] = [e for e in served.audit() if e["event"] == "request.refused"]  # the attempt, and who made it
+    assert (refused["path"], refused["status"], refused["actor"]) == ("/api/deployments", status, "anonymous")
+    assert refused["reason"].startswith(f"{answer[1]['error']}: ")

@@ -3,8 +3,9 @@
 
 Authentik cannot run here. `Outpost` is a stand-in for its embedded outpost as Traefik's forward-auth
 sees it: whoever the test client's `session=<name>` cookie names is logged in (200 with the
-X-authentik-* headers and an RS256 X-authentik-jwt signed with the test key), nobody else is (401).
-tests/authentik.py's JwksServer stands in for the provider's JWKS endpoint. Git, gunicorn, the deploy
+X-authentik-* headers and an X-authentik-jwt), nobody else is (401). The token is signed either RS256
+with a key that tests/authentik.py's JwksServer publishes (a provider with a signing key), or HS256
+with the provider's client secret and no kid, as Authentik signs a proxy provider's tokens. Git, gunicorn, the deploy
 worker and the Docker engine are real.
 """
 
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.authentik import AUDIENCE, ISSUER, JwksServer, SigningKey, claims, hs256_with, unsigned
+from tests.authentik import AUDIENCE, ISSUER, ClientSecret, JwksServer, SigningKey, claims, hs256_with, unsigned
 from tests.conftest import AgeKey, tool_environ
 from tests.deliveries import push_payload, sign
 from tests.e2e.served import (
@@ -52,7 +53,7 @@ class Outpost(LoopbackServer):
     X-authentik-jwt signed with `key` for the deployer's issuer and audience. Anything else gets 401.
     """
 
-    def __init__(self, key: SigningKey) -> None:
+    def __init__(self, key: SigningKey | ClientSecret) -> None:
         calls: list[str] = []
 
         class Handler(BaseHTTPRequestHandler):
@@ -85,7 +86,7 @@ class Outpost(LoopbackServer):
 class Edge:
     """Traefik's entry point (`call`), the deployer behind it (`served`), and reads straight to the deployer."""
 
-    def __init__(self, base: str, served: Served, outpost: Outpost, key: SigningKey) -> None:
+    def __init__(self, base: str, served: Served, outpost: Outpost, key: SigningKey | ClientSecret) -> None:
         self.base, self.served, self.outpost, self.key = base, served, outpost, key
         #: a machine client's token (viewers) for the test's own reads straight to the deployer
         self.reader = {"Authorization": f"Bearer {key.sign(claims('ak-reader', ('viewers',)))}"}
@@ -137,39 +138,56 @@ def key() -> SigningKey:
     return SigningKey.rsa("authentik-traefik-e2e")
 
 
-def identity_env(tmp_path: Path, repo: ConfigRepo, key_file: AgeKey | None, jwks: JwksServer, *, trusted: str,
-                 **extra: str) -> dict[str, str]:  # fmt: skip
+def identity_env(tmp_path: Path, repo: ConfigRepo, key_file: AgeKey | None, jwks: JwksServer | None, *,
+                 trusted: str, **extra: str) -> dict[str, str]:  # fmt: skip
+    if jwks is not None:
+        extra["DEPLOYER_AUTHENTIK_JWKS_URL"] = jwks.url
     return tool_environ(tmp_path, key_file, DEPLOYER_REPO_URL=repo.url, DEPLOYER_WEBHOOK_SECRET=SECRET,
-                        DEPLOYER_POLL_INTERVAL="0", DEPLOYER_TRUSTED_PROXIES=trusted,
-                        DEPLOYER_AUTHENTIK_JWKS_URL=jwks.url, DEPLOYER_AUTHENTIK_ISSUER=ISSUER,
+                        DEPLOYER_POLL_INTERVAL="0", DEPLOYER_TRUSTED_PROXIES=trusted, DEPLOYER_AUTHENTIK_ISSUER=ISSUER,
                         DEPLOYER_AUTHENTIK_AUDIENCE=AUDIENCE, DEPLOYER_DEPLOY_GROUPS="deployers",
                         DEPLOYER_VIEW_GROUPS="viewers", DEPLOYER_INSECURE_OPEN_API="false", **extra)  # fmt: skip
 
 
 @pytest.fixture
 def edge(tmp_path: Path, repo: ConfigRepo, age_key: AgeKey, forge: ForgeServer,
-         key: SigningKey) -> Iterator[Callable[[], Edge]]:  # fmt: skip
-    """start(): the deployer on the repository as the test has written it, behind Traefik and the stand-ins."""
+         key: SigningKey) -> Iterator[Callable[..., Edge]]:  # fmt: skip
+    """start(): the deployer on the repository as the test has written it, behind Traefik and the stand-ins;
+    start(signer=ClientSecret()) for tokens signed with the provider's client secret instead of a JWKS key."""
     cleanups: list[Callable[[], None]] = []
 
-    def start() -> Edge:
-        jwks = JwksServer(key)
-        cleanups.append(jwks.close)
-        env = identity_env(tmp_path, repo, age_key, jwks, trusted="127.0.0.1/32", DEPLOYER_FORGE="gitea",
-                           DEPLOYER_FORGE_API_URL=forge.api_url, DEPLOYER_FORGE_TOKEN=forge.token)  # fmt: skip
+    def start(signer: SigningKey | ClientSecret = key) -> Edge:
+        extra = {
+            "DEPLOYER_FORGE": "gitea",
+            "DEPLOYER_FORGE_API_URL": forge.api_url,
+            "DEPLOYER_FORGE_TOKEN": forge.token,
+        }
+        jwks = None
+        if isinstance(signer, SigningKey):
+            jwks = JwksServer(signer)
+            cleanups.append(jwks.close)
+        else:
+            extra["DEPLOYER_AUTHENTIK_CLIENT_SECRET"] = signer.secret
+        env = identity_env(tmp_path, repo, age_key, jwks, trusted="127.0.0.1/32", **extra)
         served = Served(env, log=tmp_path / "serve.log")
         cleanups.append(served.stop)
-        outpost = Outpost(key)
+        cleanups.append(lambda: _no_secret_in(served, signer))
+        outpost = Outpost(signer)
         cleanups.append(outpost.close)
         traefik = Traefik(tmp_path, outpost_url=outpost.url, deployer_url=served.base, domain=DOMAIN)
         cleanups.append(traefik.stop)
-        found = Edge(traefik.base, served, outpost, key)
+        found = Edge(traefik.base, served, outpost, signer)
         wait_for(lambda: _routed(found), timeout=30, what="traefik to load the deployer's routes")
         return found
 
     yield start
     for cleanup in reversed(cleanups):
         cleanup()
+
+
+def _no_secret_in(served: Served, signer: SigningKey | ClientSecret) -> None:
+    if isinstance(signer, ClientSecret):
+        assert signer.secret not in served.log()
+        assert all(signer.secret not in json.dumps(event) for event in served.audit())
 
 
 def _routed(edge: Edge) -> bool:
@@ -180,7 +198,7 @@ def _routed(edge: Edge) -> bool:
 
 
 @pytest.mark.usefixtures("engine")
-def test_a_viewer_reads_through_traefik_but_may_not_deploy(edge: Callable[[], Edge], repo: ConfigRepo,
+def test_a_viewer_reads_through_traefik_but_may_not_deploy(edge: Callable[..., Edge], repo: ConfigRepo,
                                                            prefix: str) -> None:  # fmt: skip
     versions(repo, f"{prefix}-a", value="1")
     running = edge()
@@ -195,7 +213,7 @@ def test_a_viewer_reads_through_traefik_but_may_not_deploy(edge: Callable[[], Ed
 
 
 @pytest.mark.usefixtures("engine")
-def test_a_deployer_redeploys_exactly_the_named_stack_as_themself(edge: Callable[[], Edge], repo: ConfigRepo,
+def test_a_deployer_redeploys_exactly_the_named_stack_as_themself(edge: Callable[..., Edge], repo: ConfigRepo,
                                                                   prefix: str) -> None:  # fmt: skip
     a, b = f"{prefix}-a", f"{prefix}-b"
     head = versions(repo, a, b, value="1")
@@ -212,7 +230,7 @@ def test_a_deployer_redeploys_exactly_the_named_stack_as_themself(edge: Callable
 
 
 @pytest.mark.usefixtures("engine")
-def test_a_deployer_deploys_an_older_commit_which_is_held(edge: Callable[[], Edge], repo: ConfigRepo,
+def test_a_deployer_deploys_an_older_commit_which_is_held(edge: Callable[..., Edge], repo: ConfigRepo,
                                                           prefix: str) -> None:  # fmt: skip
     a, b = f"{prefix}-a", f"{prefix}-b"
     old = versions(repo, a, b, value="1")
@@ -233,7 +251,37 @@ def test_a_deployer_deploys_an_older_commit_which_is_held(edge: Callable[[], Edg
 
 
 @pytest.mark.usefixtures("engine")
-def test_identity_headers_sent_to_the_webhook_route_are_stripped(edge: Callable[[], Edge], repo: ConfigRepo,
+def test_tokens_signed_as_authentik_signs_a_proxy_providers_with_its_client_secret(
+    edge: Callable[..., Edge], repo: ConfigRepo, prefix: str
+) -> None:
+    """DEPLOYER_AUTHENTIK_CLIENT_SECRET: the outpost's HS256 token without a kid is the identity; a viewer
+    reads and may not deploy, a deployer deploys; a token of another secret, or RS256 with no key set, is 401."""
+    a, b = f"{prefix}-a", f"{prefix}-b"
+    head = versions(repo, a, b, value="1")
+    secret = ClientSecret()
+    running = edge(secret)
+    assert running.finished(running.served.push(head))["state"] == "succeeded"
+    assert running.call("GET", "/api/stacks", user="vera")[0] == 200
+    status, answer = running.call("POST", "/api/deployments", user="vera", body={"stacks": [a]})
+    assert status == 403, answer
+    status, answer = running.call("POST", "/api/deployments", user="dora", body={"stacks": [a], "force": True})
+    assert status == 202, answer
+    done = running.finished(answer["deployment_id"])
+    assert (done["state"], done["actor"], [s["name"] for s in done["stacks"]]) == ("succeeded", "dora", [a])
+    direct = f"{running.served.base}/api/deployments"
+    for forged in (ClientSecret().sign(claims("dora", ("deployers",))), SigningKey.rsa().sign(claims("dora"))):
+        headers = {"Authorization": f"Bearer {forged}", "Content-Type": "application/json"}
+        assert http("POST", direct, body=b"{}", headers=headers)[0] == 401
+    machine = {"Authorization": f"Bearer {secret.sign(claims('ak-ci', ('deployers',)))}",
+               "Content-Type": "application/json"}  # fmt: skip
+    status, answer = http("POST", direct, body=json.dumps({"stacks": [b], "reason": "from CI"}).encode(),
+                          headers=machine)  # fmt: skip
+    assert status == 202, answer
+    assert running.finished(answer["deployment_id"])["actor"] == "ak-ci"
+
+
+@pytest.mark.usefixtures("engine")
+def test_identity_headers_sent_to_the_webhook_route_are_stripped(edge: Callable[..., Edge], repo: ConfigRepo,
                                                                  prefix: str) -> None:  # fmt: skip
     head = versions(repo, f"{prefix}-a", value="1")
     running = edge()

@@ -13,17 +13,19 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
 
-from deployer.errors import AuthenticationError
+from deployer.errors import AuthenticationError, ConfigError
 from deployer.settings import Settings
 from deployer.web.identity import Identifier, Identity, KeySet, KeySetUnavailableError, parse_groups, peer_trusted
-from tests.authentik import AUDIENCE, ISSUER, SigningKey, claims, hs256_with, jwks, unsigned
+from tests.authentik import AUDIENCE, ISSUER, ClientSecret, SigningKey, claims, hs256_with, jwks, unsigned
 
 JWKS_URL = "https://auth.example/application/o/deployer/jwks/"
+CLIENT_SECRET = ClientSecret()
 PROXY = "10.0.0.2"  # Traefik, the trusted proxy
 OUTSIDER = "10.9.9.9"  # anyone else on the network
 TRUSTED = (ipaddress.ip_network("10.0.0.0/29"), ipaddress.ip_network("fd00::/64"))
@@ -128,7 +130,7 @@ def test_a_trusted_proxy_that_names_nobody_gives_no_identity() -> None:
 
 
 def test_a_bearer_token_without_a_key_set_is_refused(rsa_key: SigningKey) -> None:
-    with pytest.raises(AuthenticationError, match="DEPLOYER_AUTHENTIK_JWKS_URL is not set"):
+    with pytest.raises(AuthenticationError, match="neither DEPLOYER_AUTHENTIK_JWKS_URL nor"):
         Identifier(headers_only()).identify(OUTSIDER, {"Authorization": f"Bearer {rsa_key.sign(claims())}"})
     assert Identifier(headers_only()).identify(OUTSIDER, {"Authorization": "Basic YTpi"}) is None
 
@@ -197,12 +199,64 @@ def test_alg_none_is_refused(rsa_key: SigningKey) -> None:
         ident.identify(PROXY, outpost("alice", token=unsigned(claims("alice"), rsa_key.kid)))
 
 
-def test_hs256_signed_with_the_public_key_is_refused(rsa_key: SigningKey) -> None:
-    """The key-confusion attack: the public PEM used as an HMAC secret."""
-    ident = identifier(with_jwks(), Fetcher([jwks(rsa_key)]))
+@pytest.mark.parametrize("secret", [None, CLIENT_SECRET.secret])
+def test_hs256_signed_with_the_public_key_is_refused(rsa_key: SigningKey, secret: str | None) -> None:
+    """The key-confusion attack: the public PEM used as an HMAC secret. HS256 is checked with the
+    configured client secret only, or not at all: never with a key of the key set."""
+    ident = identifier(with_jwks(authentik_client_secret=secret), Fetcher([jwks(rsa_key)]))
     token = hs256_with(rsa_key.public_pem(), claims("alice"), rsa_key.kid)
-    with pytest.raises(AuthenticationError, match=r"its key's algorithm \(RS256\)"):
+    refusal = "Signature verification failed" if secret else "no DEPLOYER_AUTHENTIK_CLIENT_SECRET is set"
+    with pytest.raises(AuthenticationError, match=refusal):
         ident.identify(PROXY, outpost("alice", token=token))
+
+
+# --- tokens as Authentik signs a proxy provider's: HS256 with its client secret, no kid ------------------------
+
+
+def with_client_secret(**changes: Any) -> Settings:
+    return Settings(**{"trusted_proxies": TRUSTED, "authentik_client_secret": CLIENT_SECRET.secret,
+                       "authentik_issuer": ISSUER, "authentik_audience": AUDIENCE, **changes})  # fmt: skip
+
+
+def test_an_outpost_token_signed_with_the_client_secret_is_believed() -> None:
+    token = CLIENT_SECRET.sign(claims("alice", ("deployers", "ops")))
+    found = Identifier(with_client_secret()).identify(PROXY, outpost("alice", "deployers|ops", token=token))
+    assert found == Identity("alice", frozenset({"deployers", "ops"}), "alice@example.org", "headers")
+    bearer = {"Authorization": f"Bearer {CLIENT_SECRET.sign(claims('ak-ci', ('deployers',)))}"}
+    assert Identifier(with_client_secret()).identify(OUTSIDER, bearer) == Identity(
+        "ak-ci", frozenset({"deployers"}), "ak-ci@example.org", "bearer"
+    )
+
+
+@pytest.mark.parametrize(
+    ("token", "refusal"),
+    [
+        (ClientSecret().sign(claims("alice")), "Signature verification failed"),  # another provider's secret
+        (CLIENT_SECRET.sign(claims("alice", aud="other-client")), "Audience doesn't match"),
+        (CLIENT_SECRET.sign(claims("alice", iss="https://evil.example/")), "issuer"),
+        (CLIENT_SECRET.sign(claims("alice", ttl=-3600)), "expired"),
+        (unsigned(claims("alice"), "k"), "only HS256 with the client secret"),
+        (SigningKey.rsa("rsa-x").sign(claims("alice")), "only HS256 with the client secret"),
+    ],
+)
+def test_tokens_not_signed_with_the_client_secret_for_this_provider_are_refused(token: str, refusal: str) -> None:
+    with pytest.raises(AuthenticationError, match=refusal):
+        Identifier(with_client_secret()).identify(PROXY, outpost("alice", token=token))
+
+
+def test_headers_without_a_token_are_refused_once_a_client_secret_is_configured() -> None:
+    with pytest.raises(AuthenticationError, match="without a token"):
+        Identifier(with_client_secret()).identify(PROXY, outpost("alice"))
+
+
+def test_a_short_client_secret_is_a_configuration_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="DEPLOYER_AUTHENTIK_CLIENT_SECRET: 8 bytes is too short"):
+        Settings.from_env({"DEPLOYER_AUTHENTIK_CLIENT_SECRET": "12345678"})
+    secret_file = tmp_path / "client-secret"
+    secret_file.write_text(CLIENT_SECRET.secret + "\n")
+    settings = Settings.from_env({"DEPLOYER_AUTHENTIK_CLIENT_SECRET_FILE": str(secret_file)})
+    assert settings.authentik_client_secret == CLIENT_SECRET.secret
+    assert CLIENT_SECRET.secret not in repr(settings)
 
 
 def test_a_token_in_another_asymmetric_algorithm_than_its_key_is_refused(rsa_key: SigningKey) -> None:
@@ -343,8 +397,12 @@ def test_symmetric_and_encryption_keys_in_the_key_set_are_never_used(rsa_key: Si
     enc_key = {**rsa_key.jwk(), "kid": "enc-1", "use": "enc"}
     fetcher = Fetcher([json.dumps({"keys": [oct_key, enc_key, rsa_key.jwk()]}).encode()])
     ident = identifier(with_jwks(), fetcher)
-    for token in (hs256_with(secret, claims(), "hmac-1"), SigningKey("enc-1", "RS256", rsa_key.private).sign(claims())):
-        with pytest.raises(AuthenticationError, match="does not hold"):
+    tokens = {
+        hs256_with(secret, claims(), "hmac-1"): "no DEPLOYER_AUTHENTIK_CLIENT_SECRET",  # never the key set's oct key
+        SigningKey("enc-1", "RS256", rsa_key.private).sign(claims()): "does not hold",
+    }
+    for token, refusal in tokens.items():
+        with pytest.raises(AuthenticationError, match=refusal):
             ident.identify(OUTSIDER, {"Authorization": f"Bearer {token}"})
 
 

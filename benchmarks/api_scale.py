@@ -46,7 +46,7 @@ from deployer.settings import Settings
 from deployer.state import StateStore
 from deployer.web.auth import Gate
 from deployer.web.identity import Identifier, KeySet
-from tests.authentik import AUDIENCE, ISSUER, JwksServer, SigningKey, claims
+from tests.authentik import AUDIENCE, ISSUER, ClientSecret, JwksServer, SigningKey, claims
 from tests.helpers import ConfigRepo, service
 
 SEED = 10
@@ -415,8 +415,15 @@ def identity_micro(jwks_url: str, headers: Mapping[str, str], calls: int) -> dic
     plain = {k: v for k, v in headers.items() if k.lower() != "x-authentik-jwt"}
     assert with_jwt.identify("127.0.0.1", headers) is not None  # fetches the key set once
     assert with_jwt.verifier is not None
+    assert with_jwt.verifier.keys is not None
     key = with_jwt.verifier.keys.key("bench-rsa")
     token = headers["X-authentik-jwt"]
+    secret = ClientSecret()  # how Authentik signs a proxy provider's tokens: HS256, no kid
+    with_secret = Identifier(Settings.from_env({**env, "DEPLOYER_AUTHENTIK_JWKS_URL": "",
+                                                "DEPLOYER_AUTHENTIK_CLIENT_SECRET": secret.secret}))  # fmt: skip
+    signed = jwt.decode(token, key.key, algorithms=["RS256"], issuer=ISSUER, audience=AUDIENCE)
+    hs256_headers = {**headers, "X-authentik-jwt": secret.sign(signed)}
+    assert with_secret.identify("127.0.0.1", hs256_headers) is not None
 
     def per_call(fn: Callable[[], object]) -> list[float]:
         rounds = []
@@ -440,6 +447,8 @@ def identity_micro(jwks_url: str, headers: Mapping[str, str], calls: int) -> dic
             lambda: with_jwt.identify("127.0.0.1", headers)),
         "... of which `jwt.decode` (signature, exp, iss, aud)": per_call(
             lambda: jwt.decode(token, key.key, algorithms=["RS256"], issuer=ISSUER, audience=AUDIENCE)),
+        "`Identifier.identify`: headers + X-authentik-jwt (HS256, the proxy provider's client secret)": per_call(
+            lambda: with_secret.identify("127.0.0.1", hs256_headers)),
         "`Identifier.identify`: headers only (no JWKS configured)": per_call(
             lambda: headers_only.identify("127.0.0.1", plain)),
         "`Identifier.identify`: an untrusted peer (headers ignored)": per_call(

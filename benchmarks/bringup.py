@@ -15,7 +15,6 @@ Run from the repository root: `python -m benchmarks.bringup [--runs 5] [--write-
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -29,7 +28,7 @@ except ImportError:  # run as `python benchmarks/bringup.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from benchmarks import _common as c
 
-from tests.helpers import ConfigRepo, service
+from tests.helpers import ConfigRepo, audit_trail, service
 
 TARGET_RATIO = 1.1
 #: stack -> (stacks it depends on, {service: (seconds until healthy, services it waits for)}); seed order
@@ -81,7 +80,7 @@ def measure(args: argparse.Namespace, prefix: str, tmp: Path) -> int:
         env = c.tool_env(state)
         started = time.time()
         took = c.run_timed([c.deployer_exe(), "deploy", "--repo", repo.url], env=env)
-        events = [json.loads(line) for line in (state / "audit.jsonl").read_text().splitlines()]
+        events = audit_trail(state)
         assert sum(e["event"] == "stack.succeeded" for e in events) == len(STACKS), events
         first_up = min(e["time"] for e in events if e["event"] == "stack.started")
         inside = {e["stack"].removeprefix(f"{prefix}-"): e["duration_ms"] / 1000 for e in events

@@ -49,7 +49,7 @@ except ImportError:  # run as `python benchmarks/convergence.py`
 
 from deployer.fetch import Mirror
 from tests.deliveries import push_payload, sign
-from tests.helpers import TEST_IMAGE, ConfigRepo, git, service
+from tests.helpers import TEST_IMAGE, ConfigRepo, audit_trail, git, service
 
 #: the deployer before issue 8 (branch truth, retries of transient failures)
 BASELINE = "5492fc2"
@@ -380,9 +380,9 @@ def build_history(repo: ConfigRepo, names: list[str]) -> list[str]:
     return git(repo.path, "rev-list", "--reverse", "main").split()
 
 
-def journal_phases(journal: Path, started: float, ended: float) -> dict[str, float]:
-    """The last deployment's phases from the audit journal (as benchmarks/overhead.py splits them)."""
-    events = [json.loads(line) for line in journal.read_text().splitlines()]
+def journal_phases(state: Path, started: float, ended: float) -> dict[str, float]:
+    """The last deployment's phases from the audit trail (as benchmarks/overhead.py splits them)."""
+    events = audit_trail(state)
     last = [e for e in events if e["deployment_id"] == events[-1]["deployment_id"]]
     at = {e["event"]: c.epoch(e["time"]) for e in last}
     return {"startup": at["deployment.queued"] - started,
@@ -453,7 +453,7 @@ def measure_t2(args: argparse.Namespace, prefix: str, tmp: Path) -> dict[str, An
         repo.commit(f"deploy run {run}")
         begun = time.time()
         took = c.run_timed(deploy, env=env)
-        splits.append(journal_phases(state / "audit.jsonl", begun, time.time()))
+        splits.append(journal_phases(state, begun, time.time()))
         deploys.append(took)
         print(f"T2 deploy {run + 1}: {took:.2f} s " + " ".join(f"{k}={v:.3f}" for k, v in splits[-1].items()),
               flush=True)  # fmt: skip

@@ -12,7 +12,6 @@ Run from the repository root: `python -m benchmarks.overhead [--runs 10] [--writ
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -26,7 +25,7 @@ except ImportError:  # run as `python benchmarks/overhead.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from benchmarks import _common as c
 
-from tests.helpers import ConfigRepo, service
+from tests.helpers import ConfigRepo, audit_trail, service
 
 STACKS = 20
 TARGET_MEDIAN_OVERHEAD = 0.5
@@ -45,9 +44,9 @@ def container_id(project: str) -> str:
     return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
 
 
-def phases(journal: Path, started: float, ended: float) -> dict[str, float]:
-    """Split one deploy's wall time using the audit journal's millisecond timestamps (last deployment)."""
-    events = [json.loads(line) for line in journal.read_text().splitlines()]
+def phases(state: Path, started: float, ended: float) -> dict[str, float]:
+    """Split one deploy's wall time using the audit trail's millisecond timestamps (last deployment)."""
+    events = audit_trail(state)
     last = [e for e in events if e["deployment_id"] == events[-1]["deployment_id"]]
     at = {e["event"]: e for e in last}
     queued, begun = c.epoch(at["deployment.queued"]["time"]), c.epoch(at["deployment.started"]["time"])
@@ -90,7 +89,7 @@ def measure(args: argparse.Namespace, prefix: str, tmp: Path) -> int:
         before = container_id(target)
         started = time.time()
         took = c.run_timed(deploy, env=env)
-        split = phases(state / "audit.jsonl", started, time.time())
+        split = phases(state, started, time.time())
         assert container_id(target) != before, "deployer did not recreate the container"
         return took, split
 

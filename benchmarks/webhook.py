@@ -492,10 +492,12 @@ def inprocess_costs(tmp: Path, calls: int = 1000) -> dict[str, dict[str, list[fl
 
 
 def _stage_costs(state: Path, index: int, calls: int) -> dict[str, list[float]]:
+    from deployer.intake import submit
     from deployer.model import Intake, Trigger
     from deployer.receive import Ignored, detect_forge, parse_delivery, verify_signature
     from deployer.receive.events import signed_bytes
     from deployer.receive.forges import HeaderMap
+    from deployer.report.targets import status_target
     from deployer.settings import Settings
     from deployer.web.app import create_app
     from deployer.web.context import Service
@@ -506,7 +508,7 @@ def _stage_costs(state: Path, index: int, calls: int) -> dict[str, list[float]]:
     tag = os.urandom(4).hex()
     deliveries = [sign("github", push_payload("github", after=f"{tag}{index:02x}{i + 1:030x}"), SECRET)
                   for i in range(3 * calls)]  # fmt: skip
-    stage: dict[str, list[float]] = {"app": [], "receive": [], "queue": [], "journal": []}
+    stage: dict[str, list[float]] = {"app": [], "receive": [], "queue": []}
     for d in deliveries[:calls]:
         started = time.perf_counter()
         answer = client.post("/webhook", data=d.body, headers=d.headers)
@@ -525,12 +527,10 @@ def _stage_costs(state: Path, index: int, calls: int) -> dict[str, list[float]]:
     for i, d in enumerate(deliveries[2 * calls :]):
         sha = json.loads(d.body)["after"]
         started = time.perf_counter()
-        service.queue.enqueue(Intake(trigger=Trigger.WEBHOOK, ref="refs/heads/main", commit=sha, actor="op",
-                                     delivery=("github", f"{tag}-{i}")))  # fmt: skip
+        submit(service.queue, service.settings, Intake(trigger=Trigger.WEBHOOK, ref="refs/heads/main", commit=sha,
+                                                       actor="op", delivery=("github", f"{tag}-{i}")),
+               target=status_target(service.settings))  # fmt: skip
         stage["queue"].append(time.perf_counter() - started)
-        started = time.perf_counter()
-        service.journal.record("deployment.queued", deployment_id=f"{tag}{i}", commit=sha, trigger="webhook")
-        stage["journal"].append(time.perf_counter() - started)
     service.store.close()
     return stage
 
@@ -638,9 +638,9 @@ def summarize_profile(raw: Path) -> dict[str, Any]:
         for name in {f.rpartition(" (")[0] for f in frames}:
             inclusive[name] += n
     top = [(*_source(frame), n / total) for frame, n in leaf.most_common(10)] if total else []
-    kinds = {"store": "(deployer/state.py:", "journal": "(deployer/report/audit.py:", "close": "close_graceful ("}
+    kinds = {"store": "(deployer/state.py:", "close": "close_graceful ("}
     shares = {k: sum(n for frame, n in leaf.items() if mark in frame) / max(1, total) for k, mark in kinds.items()}
-    watch = ["Flask.wsgi_app", "webhook", "Queue.enqueue", "Journal.record", "Logger.info", "Request.__init__",
+    watch = ["Flask.wsgi_app", "webhook", "Queue.enqueue", "write_told", "Logger.info", "Request.__init__",
              "SyncWorker.wait", "close_graceful"]  # fmt: skip
     return {"samples": total, "top": top, "shares": shares,
             "inclusive": {w: inclusive[w] / total for w in watch} if total else {}}  # fmt: skip
@@ -660,7 +660,6 @@ def code_facts(tmp: Path) -> dict[str, Any]:
         return {
             "workers": gunicorn_settings.WORKERS, "synchronous": synchronous,
             "worker_class": gunicorn_settings.gunicorn_options(bind="127.0.0.1:9")["worker_class"],
-            "journal_fsync": bool(getattr(service.journal, "fsync", True)),
             "writer_file_lock": hasattr(service.store, "_write_lock"),
         }  # fmt: skip
     finally:
@@ -692,7 +691,6 @@ def report_ack(args: argparse.Namespace, data: Mapping[str, Any], quiet: Quiet) 
     gen_note = ", far from a full core, so it was not the bottleneck" if max(gen) < 70 else ", so it may have limited"
     p99 = statistics.median(r["p99_ms"] for r in ours)
     ratio = statistics.median(ratios)
-    journal = "with" if facts["journal_fsync"] else "without"
     return f"""## Webhook acknowledgement: latency and throughput vs adnanh/webhook (benchmarks/webhook.py ack)
 
 {args.concurrency} concurrent senders (benchmarks/_loadgen.py, a separate asyncio process) post signed GitHub
@@ -707,7 +705,7 @@ run, divided by the deliveries sent.
 
 - ours: gunicorn with `deploy/gunicorn.conf.py`, what `deployer serve` runs: {facts["workers"]} web workers of class
   `{facts["worker_class"]}`; SQLite state store in WAL mode with `synchronous={facts["synchronous"]}`;
-  audit journal appended {journal} fsync by the web workers; one INFO log line per delivery to a file;
+  the `deployment.queued` audit event written in the enqueue's own transaction; one INFO log line per delivery to a file;
   `DEPLOYER_FORGE=github`, so each delivery also queues its `pending` status in the outbox. **Run without
   the deploy worker**, which would otherwise try to deploy thousands of made-up commits; the complete
   service is measured once below.
@@ -782,18 +780,17 @@ def _ms(values: list[float]) -> float:
 
 def costs_reading(diag: Mapping[str, Any], facts: Mapping[str, Any], user: float) -> str:
     disk = diag["costs"]["disk"]
-    app, queue, journal, receive = (_ms(disk[k]) for k in ("app", "queue", "journal", "receive"))
+    app, queue, receive = (_ms(disk[k]) for k in ("app", "queue", "receive"))
     tmpfs = diag["ours, state dir on tmpfs"]["accepted_per_s"]
     keep = diag["ours, keep-alive connections"]["accepted_per_s"]
     return (
         f"In one process, without HTTP, a whole delivery through the Flask app costs {app:.2f} ms: checking the "
-        f"signature and parsing {receive:.2f} ms, the SQLite write transaction (`Queue.enqueue`: delivery, "
-        f"deployment and outbox rows; WAL, `synchronous={facts['synchronous']}`) {queue:.2f} ms, the audit journal "
-        f"append ({'with' if facts['journal_fsync'] else 'without'} fsync) {journal:.2f} ms, the rest Flask, "
+        f"signature and parsing {receive:.2f} ms, the SQLite write transaction (`submit`: delivery, deployment, "
+        f"audit event and outbox rows; WAL, `synchronous={facts['synchronous']}`) {queue:.2f} ms, the rest Flask, "
         f"JSON and the log line. The other ~{max(0.0, user - app):.2f} ms of user time per delivery under load is "
         f"gunicorn (accept, HTTP parsing, closing) and waiting for the database; the system time is the "
         f"kernel's: accept, read, write and close of one loopback TCP connection per delivery, select, the file "
-        f"lock, the SQLite and journal writes. "
+        f"lock, the SQLite writes. "
         f"What-ifs: with the state directory on tmpfs ours reached {tmpfs:.0f}/s; with keep-alive connections "
         f"(not what forges do) {keep:.0f}/s, webhook {diag['webhook, keep-alive connections']['accepted_per_s']:.0f}/s."
     )
@@ -856,7 +853,7 @@ def profile_reading(kind: str, profile: Mapping[str, Any], facts: Mapping[str, A
             f"{profile['samples']} samples; the run slowed to {load['accepted_per_s']:.0f}/s): "
             f"{inc.get('Flask.wsgi_app', 0) * 100:.0f}% inside Flask (in the webhook handler itself "
             f"{inc.get('webhook', 0) * 100:.0f}%: `Queue.enqueue` {inc.get('Queue.enqueue', 0) * 100:.0f}%, "
-            f"`Journal.record` {inc.get('Journal.record', 0) * 100:.0f}%, logging "
+            f"of which the audit event and status rows (`write_told`) {inc.get('write_told', 0) * 100:.0f}%, logging "
             f"{inc.get('Logger.info', 0) * 100:.0f}%); {outside * 100:.0f}% in gunicorn around it (request parsing "
             f"{inc.get('Request.__init__', 0) * 100:.0f}%, waiting for a connection "
             f"{inc.get('SyncWorker.wait', 0) * 100:.0f}%, closing connections "
@@ -870,7 +867,7 @@ def profile_reading(kind: str, profile: Mapping[str, Any], facts: Mapping[str, A
     return (
         f"Wait profile (py-spy, every non-idle thread, {PROFILE_HZ} Hz, {profile['samples']} samples; "
         f"{load['accepted_per_s']:.0f}/s): {sh['store'] * 100:.0f}% of the samples are in the state store (its "
-        f"SQL and the wait for the other worker's write), {sh['journal'] * 100:.0f}% in the audit journal, "
+        f"SQL, the audit event written with each delivery, and the wait for the other worker's write), "
         f"{sh['close'] * 100:.0f}% in gunicorn's `close_graceful` (where gunicorn's own sync worker waits for each "
         f"sender to close)."
     )
@@ -920,8 +917,8 @@ def costs_text(costs: Mapping[str, Mapping[str, list[float]]], facts: Mapping[st
     names = {
         "app": "whole delivery in-process (Flask test client, no HTTP server)",
         "receive": "detect forge, check HMAC, parse the push",
-        "queue": f"`Queue.enqueue`: one SQLite write transaction (WAL, synchronous={facts['synchronous']})",
-        "journal": f"`Journal.record` as web workers do it ({'with' if facts['journal_fsync'] else 'no'} fsync)",
+        "queue": f"`submit`: one SQLite write transaction with the audit event and the pending status (WAL, "
+        f"synchronous={facts['synchronous']})",
     }
     rows = [[names[k], c.fmt(costs["disk"][k], "ms", 1000), c.fmt(costs["tmpfs"][k], "ms", 1000)] for k in names]
     n = len(costs["disk"]["app"])

@@ -9,10 +9,13 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 from types import FrameType
 
@@ -20,6 +23,7 @@ from deployer import __version__
 from deployer.console import ConsoleProgress, format_plan, format_summary, table
 from deployer.errors import ConfigError, DeployerError, PlanError
 from deployer.model import Plan
+from deployer.report import format_event
 from deployer.runner import SubprocessRunner
 from deployer.secrets_ops import check, decrypt, edit, encrypt, init, rotate, secret_files, write_sops_config
 from deployer.settings import Settings
@@ -101,12 +105,29 @@ def _parser() -> argparse.ArgumentParser:
     release.add_argument("stack", metavar="STACK")
     release.set_defaults(handler=_release)
 
+    _audit_parser(commands)
+
     status = commands.add_parser("status", help="last deployments and each stack's deployed commit")
     status.add_argument("deployment", nargs="?", metavar="DEPLOYMENT", help="show one deployment, with compose output")
     status.add_argument("--limit", type=int, default=10, help="how many deployments to list")
     status.add_argument("--json", action="store_true", help="print stacks and deployments as JSON")
     status.set_defaults(handler=_status)
     return parser
+
+
+def _audit_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    audit = commands.add_parser("audit", help="print the audit trail (whether or not Loki is configured)")
+    audit.add_argument("--deployment", metavar="ID", help="events of one deployment")
+    audit.add_argument("--stack", metavar="NAME", help="events of one stack")
+    audit.add_argument("--actor", metavar="NAME", help="events of one person or machine account")
+    audit.add_argument("--event", metavar="NAME", help="one kind of event, e.g. deployment.finished")
+    audit.add_argument("--since", metavar="TIME", type=_moment,
+                       help="from this time: RFC 3339 (2026-12-01T10:00:00Z) or an age (90s, 15m, 2h, 7d)")  # fmt: skip
+    audit.add_argument("--until", metavar="TIME", type=_moment, help="before this time (same forms as --since)")
+    audit.add_argument("--limit", type=int, default=1000, help="at most this many (the oldest first; default 1000)")
+    audit.add_argument("--json", action="store_true", help="one JSON object a line, as shipped to Loki")
+    audit.add_argument("--follow", "-f", action="store_true", help="keep printing events as they are recorded")
+    audit.set_defaults(handler=_audit)
 
 
 def _service_settings(settings: Settings) -> Settings:
@@ -296,6 +317,41 @@ def _in_repo(root: Path, name: str) -> PurePosixPath:
     """A file argument as a repository path: relative names are relative to the repository root."""
     path = Path(name)
     return PurePosixPath(os.path.relpath(path.resolve(), root) if path.is_absolute() else path)
+
+
+_AGE = re.compile(r"^(?P<n>\d+)(?P<unit>[smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _moment(text: str) -> int:
+    """--since/--until: nanoseconds since the epoch, from RFC 3339 or an age before now."""
+    age = _AGE.match(text.strip())
+    if age:
+        return time.time_ns() - int(age["n"]) * _UNITS[age["unit"]] * 1_000_000_000
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: not an RFC 3339 time or an age like 15m") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a time zone (Z or +01:00)")
+    return int(moment.timestamp() * 1e9)
+
+
+def _audit(args: argparse.Namespace, settings: Settings) -> int:
+    store = StateStore(settings.state_dir / "state.db")
+    filters = {"deployment": args.deployment, "stack": args.stack, "actor": args.actor, "event": args.event,
+               "since_ns": args.since, "until_ns": args.until}  # fmt: skip
+    last, printed = 0, 0
+    while True:
+        events = store.events(**filters, after_id=last, limit=max(0, args.limit - printed) if not args.follow else 1000)
+        for event in events:
+            print(event.line if args.json else format_event(event.fields), flush=True)
+        printed += len(events)
+        last = events[-1].id if events else last
+        if not args.follow:
+            return 0
+        if not events:
+            time.sleep(1.0)
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:

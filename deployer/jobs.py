@@ -24,12 +24,12 @@ import requests
 
 from deployer.errors import DeployerError
 from deployer.intake import submit
-from deployer.model import DeploymentState, Intake, Outcome, Plan, StatusTarget, Trigger, rfc3339
+from deployer.model import DeploymentState, Event, Intake, Outcome, Plan, StatusTarget, Told, Trigger, rfc3339
 from deployer.pipeline import BRANCH_TRIGGERS, Deps, Request, SilentProgress, branch_head, converged, deploy
 from deployer.plan.retry import Step, next_step
 from deployer.queue import Claim, Queue, Undelivered
 from deployer.report.forges import POSTERS, GiveUp, Retry
-from deployer.report.statuses import describe_final, describe_running, describe_superseded
+from deployer.report.statuses import describe_running, describe_superseded
 from deployer.report.targets import status_target, target_url
 
 __all__ = ["Worker"]
@@ -60,7 +60,10 @@ class Worker:
         With polling on, the branch is reconciled at start and every `poll_interval` seconds; with it
         on or off, whenever a retry of a transient failure falls due.
         """
-        resumed = self.queue.requeue_interrupted()
+        resumed = self.queue.requeue_interrupted(
+            told=lambda ids: Told(tuple(Event("deployment.resumed", {"deployment_id": id_, "commit": None,
+                                                                      "reason": "interrupted by a restart"})
+                                        for id_ in ids)))  # fmt: skip
         if resumed:
             log.warning("resuming deployments interrupted by a restart: %s", ", ".join(resumed))
         reporter = threading.Thread(target=self._report_forever, args=(stop,), name="statuses", daemon=True)
@@ -100,7 +103,7 @@ class Worker:
             self.queue.set_meta("object_format", self._object_format)
 
     def run_claim(self, claim: Claim) -> Outcome:
-        """Deploy one claimed deployment and queue its statuses.
+        """Deploy one claimed deployment; its final statuses are recorded with its end (the recorder).
 
         Once its commit is proven to be the branch head, every deployment of the branch queued before
         it is superseded (latest wins). A late delivery (an older commit of the branch) is superseded
@@ -110,14 +113,9 @@ class Worker:
         progress = _RunningStatus(self, claim, target)
         request = Request(repo_url=str(self.deps.settings.repo_url), ref=claim.commit, trigger=claim.trigger,
                           actor=claim.actor, stacks=claim.stacks, force=claim.force, reason=claim.reason)  # fmt: skip
-        outcome = deploy(self.deps, request, deployment_id=claim.deployment_id, progress=progress)
+        outcome = deploy(self.deps, request, deployment_id=claim.deployment_id, progress=progress, target=target)
         log.info("deployment %s of %s: %s%s", claim.deployment_id, claim.commit[:12], outcome.state,
                  f" ({outcome.reason}: {outcome.error})" if outcome.error else "")  # fmt: skip
-        if outcome.superseded_by is not None:
-            self._superseded([(claim.deployment_id, claim.commit)], by=outcome.superseded_by, target=target)
-        elif target is not None:
-            url = target_url(self.deps.settings, claim.deployment_id)
-            self.queue.add_statuses(claim.deployment_id, target, describe_final(outcome, claim.commit, target_url=url))
         if request.follows_branch and outcome.state is not DeploymentState.SUCCEEDED:
             self.reconcile(fetch=False)  # the head, now: deploy it, schedule a retry, or say why not
         return outcome
@@ -160,8 +158,7 @@ class Worker:
 
     def _queue_head(self, head: str, ref: str, *, why: str) -> str:
         intake = Intake(trigger=Trigger.POLL, ref=ref, commit=head, reason=why)
-        enqueued = submit(self.queue, self.deps.journal, self.deps.settings, intake,
-                          target=status_target(self.deps.settings))  # fmt: skip
+        enqueued = submit(self.queue, self.deps.settings, intake, target=status_target(self.deps.settings))
         log.info("reconcile: %s; queued as %s", why, enqueued.deployment_id)
         return enqueued.deployment_id
 
@@ -205,15 +202,16 @@ class Worker:
                 log.exception("status delivery failed")
             stop.wait(1.0)
 
-    def _superseded(self, overtaken: Sequence[tuple[str, str]], *, by: str, target: StatusTarget | None) -> None:
-        """Record deployments (id, commit) overtaken by commit `by`, and queue their final statuses: one
-        journal write and one transaction, however many a burst of pushes left behind."""
-        events = [{"deployment_id": id_, "commit": commit, "superseded_by": by} for id_, commit in overtaken]
-        self.deps.journal.record_many("deployment.superseded", events)
-        if target is not None and overtaken:
-            url = partial(target_url, self.deps.settings)
-            statuses = [(id_, describe_superseded(commit, by, target_url=url(id_))) for id_, commit in overtaken]
-            self.queue.add_statuses_of(target, statuses)
+    def _superseded(self, overtaken: Sequence[tuple[str, str]], *, by: str, target: StatusTarget | None) -> Told:
+        """What superseding deployments (id, commit) by commit `by` tells: an event and a final status
+        each, written in the transaction that supersedes them, however many a burst of pushes left behind."""
+        url = partial(target_url, self.deps.settings)
+        events = tuple(Event("deployment.superseded", {"deployment_id": id_, "commit": commit, "superseded_by": by})
+                       for id_, commit in overtaken)  # fmt: skip
+        statuses = () if target is None else tuple(
+            (target, id_, describe_superseded(commit, by, target_url=url(id_))) for id_, commit in overtaken
+        )  # fmt: skip
+        return Told(events, statuses)
 
 
 class _RunningStatus(SilentProgress):
@@ -225,11 +223,13 @@ class _RunningStatus(SilentProgress):
     def planned(self, plan: Plan) -> None:
         """The commit is proven on the branch (or named by a person): it overtakes what was queued before it."""
         if self.claim.trigger in BRANCH_TRIGGERS:
-            overtaken = self.worker.queue.supersede_older(self.claim, by=self.claim.commit)
-            self.worker._superseded(overtaken, by=self.claim.commit, target=self.target)
+            by = self.claim.commit
+            self.worker.queue.supersede_older(
+                self.claim, by=by, told=lambda overtaken: self.worker._superseded(overtaken, by=by, target=self.target)
+            )
         if self.target is None:
             return
         url = target_url(self.worker.deps.settings, self.claim.deployment_id)
         status = describe_running(self.claim.commit, [s.name for s in plan.runnable], target_url=url,
                                   rewound_from=plan.rewound_from)  # fmt: skip
-        self.worker.queue.add_statuses(self.claim.deployment_id, self.target, [status])
+        self.worker.deps.store.tell(Told(statuses=((self.target, self.claim.deployment_id, status),)))

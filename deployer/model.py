@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
+from typing import Any, Final
 
 #: A stack's name, which is also its compose project name.
 StackName = str
@@ -305,3 +306,31 @@ def rfc3339(epoch: float | None = None) -> str:
     """A UTC timestamp in RFC 3339 with milliseconds, e.g. 2026-11-27T01:28:36.123Z."""
     moment = datetime.now(UTC) if epoch is None else datetime.fromtimestamp(epoch, UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One audit event: its name and its fields (deployment_id and commit first; names, never secret values)."""
+
+    name: str
+    fields: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Told:
+    """What a state change says, written in the same transaction as the change (the outbox pattern):
+    the audit events that tell it and the commit statuses it implies, (target, deployment id, status) each."""
+
+    events: tuple[Event, ...] = ()
+    statuses: tuple[tuple[StatusTarget, str, CommitStatus], ...] = ()
+
+    def __add__(self, other: Told) -> Told:
+        return Told(self.events + other.events, self.statuses + other.statuses)
+
+
+def told(name: str, *items: Mapping[str, Any]) -> Told:
+    """Told of one event per item, all named `name`."""
+    return Told(tuple(Event(name, item) for item in items))
+
+
+NOTHING_TOLD: Final = Told()

@@ -7,13 +7,13 @@ survives a crash, and any number of web processes can enqueue while one worker d
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 from deployer.model import (
+    NOTHING_TOLD,
     TRANSIENT,
     Attempt,
     CommitStatus,
@@ -21,10 +21,11 @@ from deployer.model import (
     Intake,
     Reason,
     StatusTarget,
+    Told,
     new_deployment_id,
     rfc3339,
 )
-from deployer.state import StateStore
+from deployer.state import StateStore, write_told
 
 __all__ = ["UNDELIVERED", "Claim", "Enqueued", "Queue", "StatusTarget", "Undelivered"]
 
@@ -82,16 +83,17 @@ class Queue:
         intake: Intake,
         *,
         target: StatusTarget | None = None,
-        pending: CommitStatus | None = None,
         deployment_id: str | None = None,
         running: bool = False,
+        told: Told = NOTHING_TOLD,
     ) -> Enqueued:
-        """Record a deployment as `intake` asks, in one transaction with its delivery and pending status.
+        """Record a deployment as `intake` asks, in one transaction with its delivery and what it tells
+        (its `deployment.queued` event and pending status, which name `deployment_id`).
 
         A delivery (forge, id) seen before is a duplicate while its deployment is queued, running,
         succeeded or superseded; after a failed deployment it is a deliberate redelivery and queues
-        again. `pending` (a status naming `deployment_id`) goes to the outbox in the same transaction.
-        `running`: the caller runs it at once (the CLI), so no worker may claim it.
+        again. A duplicate writes nothing. `running`: the caller runs it at once (the CLI), so no
+        worker may claim it.
         """
         deployment_id = deployment_id or new_deployment_id()
         state = DeploymentState.RUNNING if running else DeploymentState.QUEUED
@@ -118,8 +120,7 @@ class Queue:
                     " received_at = excluded.received_at",
                     (*intake.delivery, deployment_id, rfc3339()),
                 )
-            if target is not None and pending is not None:
-                _add_statuses(db, deployment_id, target, [pending])
+            write_told(db, told)
         return Enqueued(deployment_id)
 
     def claim(self) -> Claim | None:
@@ -144,8 +145,11 @@ class Queue:
             reason=row["reason"],
         )  # fmt: skip
 
-    def supersede_older(self, claim: Claim, *, by: str) -> list[tuple[str, str]]:
-        """Supersede, by commit `by`, every deployment of the claim's ref queued before it; return (id, commit)."""
+    def supersede_older(
+        self, claim: Claim, *, by: str, told: Callable[[list[tuple[str, str]]], Told]
+    ) -> list[tuple[str, str]]:
+        """Supersede, by commit `by`, every deployment of the claim's ref queued before it; return (id, commit).
+        `told(superseded)` says what that tells, in the same transaction."""
         with self.store.transaction() as db:
             older = db.execute(
                 "SELECT id, commit_sha FROM deployments WHERE state = ? AND ref = ? AND trigger IN ('webhook', 'poll')"
@@ -156,7 +160,10 @@ class Queue:
                 "UPDATE deployments SET state = ?, superseded_by = ?, finished_at = ? WHERE id = ?",
                 [(DeploymentState.SUPERSEDED, by, rfc3339(), o["id"]) for o in older],
             )
-        return [(o["id"], o["commit_sha"]) for o in older]
+            overtaken = [(o["id"], o["commit_sha"]) for o in older]
+            if overtaken:
+                write_told(db, told(overtaken))
+        return overtaken
 
     def latest_attempt(self, ref: str) -> Attempt | None:
         """The newest deployment of `ref` that ran or is in hand, with its transient failures in a row."""
@@ -182,8 +189,9 @@ class Queue:
             reason=reason, finished_at=_epoch(newest["finished_at"]), transient_failures=failures,
         )  # fmt: skip
 
-    def requeue_interrupted(self) -> list[str]:
-        """Put deployments left running by a crash back in the queue; return their ids."""
+    def requeue_interrupted(self, *, told: Callable[[list[str]], Told] | None = None) -> list[str]:
+        """Put deployments left running by a crash back in the queue; return their ids. `told(ids)` says
+        what that tells, in the same transaction."""
         with self.store.transaction() as db:
             rows = db.execute("SELECT id FROM deployments WHERE state = ?", (DeploymentState.RUNNING,)).fetchall()
             db.execute(
@@ -192,7 +200,10 @@ class Queue:
             )
             db.execute("DELETE FROM deployment_stacks WHERE deployment_id IN (SELECT id FROM deployments"
                        " WHERE state = ?) AND state IN ('pending', 'running')", (DeploymentState.QUEUED,))  # fmt: skip
-        return [row["id"] for row in rows]
+            resumed = [row["id"] for row in rows]
+            if told is not None and resumed:
+                write_told(db, told(resumed))
+        return resumed
 
     def status_target(self, deployment_id: str) -> StatusTarget | None:
         with self.store.read() as db:
@@ -201,15 +212,6 @@ class Queue:
                 (deployment_id,),
             ).fetchone()
         return None if row is None else StatusTarget(row["forge"], row["api_url"], row["repo"])
-
-    def add_statuses(self, deployment_id: str, target: StatusTarget, statuses: Sequence[CommitStatus]) -> None:
-        with self.store.transaction() as db:
-            _add_statuses(db, deployment_id, target, statuses)
-
-    def add_statuses_of(self, target: StatusTarget, statuses: Sequence[tuple[str, CommitStatus]]) -> None:
-        """Statuses of several deployments, (deployment id, status) each, in one transaction."""
-        with self.store.transaction() as db:
-            _insert_statuses(db, target, statuses)
 
     def undelivered(self, *, now: float | None = None, limit: int = 50) -> list[Undelivered]:
         """Statuses due now, oldest first, at most one per (sha, context) so that order is kept."""
@@ -255,23 +257,3 @@ class Queue:
 
 def _epoch(stamp: str | None) -> float | None:
     return None if stamp is None else datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-
-
-def _add_statuses(
-    db: sqlite3.Connection, deployment_id: str, target: StatusTarget, statuses: Sequence[CommitStatus]
-) -> None:
-    _insert_statuses(db, target, [(deployment_id, s) for s in statuses])
-
-
-def _insert_statuses(
-    db: sqlite3.Connection, target: StatusTarget, statuses: Sequence[tuple[str, CommitStatus]]
-) -> None:
-    db.executemany(
-        "INSERT INTO status_outbox (deployment_id, forge, api_url, repo, sha, context, state, description,"
-        " target_url) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            (deployment_id, target.forge, target.api_url, target.repo, s.sha, s.context, s.state, s.description,
-             s.target_url)
-            for deployment_id, s in statuses
-        ],
-    )  # fmt: skip

@@ -3,6 +3,11 @@
 A stack's last good commit moves only in the same transaction that records its success, so a
 failed or interrupted stack keeps the commit it last deployed successfully. The same database holds
 the deployment queue, the webhook deliveries seen and the commit-status outbox (deployer.queue).
+
+Every write takes a `Told` (deployer.model): the audit events that tell the change and the commit
+statuses it implies go into `audit_events` and `status_outbox` in the change's own transaction, so
+nothing is recorded without its events and statuses, or the other way round (the outbox pattern).
+An event's line and nanosecond timestamp are fixed here, once: a resend to Loki is the same entry.
 """
 
 from __future__ import annotations
@@ -12,25 +17,30 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from deployer.model import (
+    NOTHING_TOLD,
     TRANSIENT,
     Action,
+    CommitStatus,
     DeploymentState,
     Outcome,
     Plan,
     Reason,
     StackResult,
     StackState,
+    StatusTarget,
+    Told,
     rfc3339,
 )
 
-__all__ = ["StackRecord", "StateStore"]
+__all__ = ["AuditEvent", "StackRecord", "StateStore", "insert_statuses", "write_told"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS deployments (
@@ -108,6 +118,22 @@ CREATE TABLE IF NOT EXISTS status_outbox (
 CREATE INDEX IF NOT EXISTS status_outbox_pending ON status_outbox (done_at, next_attempt);
 -- Statuses of one commit and context go out in order: the reporter looks up an older undelivered one by this.
 CREATE INDEX IF NOT EXISTS status_outbox_waiting ON status_outbox (sha, context, repo, id) WHERE done_at IS NULL;
+-- The audit trail (contract section 7): one JSON line per event, written with the change it tells;
+-- `line` and `ts_ns` never change once written (Loki deduplicates a resend of the same entry).
+CREATE TABLE IF NOT EXISTS audit_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts_ns INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    deployment_id TEXT,
+    stack TEXT,
+    actor TEXT,
+    line TEXT NOT NULL,
+    shipped_at REAL,
+    ship_error TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_events_unshipped ON audit_events (id) WHERE shipped_at IS NULL;
+CREATE INDEX IF NOT EXISTS audit_events_by_deployment ON audit_events (deployment_id);
+CREATE INDEX IF NOT EXISTS audit_events_by_time ON audit_events (ts_ns);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -208,7 +234,12 @@ class StateStore:
                 fcntl.flock(self._write_lock, fcntl.LOCK_UN)
 
     def start_deployment(
-        self, deployment_id: str, plan: Plan, *, depends_on: Mapping[str, tuple[str, ...]] | None = None
+        self,
+        deployment_id: str,
+        plan: Plan,
+        *,
+        depends_on: Mapping[str, tuple[str, ...]] | None = None,
+        told: Told = NOTHING_TOLD,
     ) -> None:
         """Mark the deployment running at the plan's commit, with every planned stack pending.
 
@@ -240,10 +271,12 @@ class StateStore:
                     for i, s in enumerate(plan.stacks)
                 ],
             )
+            write_told(db, told)
 
-    def record_stack(self, deployment_id: str, result: StackResult, *, commit: str) -> None:
+    def record_stack(self, deployment_id: str, result: StackResult, *, commit: str, told: Told = NOTHING_TOLD) -> None:
         """Record one stack's state; a success moves (or, for a removal, drops) its last good commit."""
         with self._tx() as db:
+            write_told(db, told)
             db.execute(
                 "UPDATE deployment_stacks SET state = ?, reason = ?, started_at = ?, finished_at = ?,"
                 " error = ?, output = ? WHERE deployment_id = ? AND name = ?",
@@ -266,9 +299,11 @@ class StateStore:
                     (result.name, commit, rfc3339(result.finished_at), deployment_id, deployment_id, result.name),
                 )
 
-    def finish_deployment(self, deployment_id: str, outcome: Outcome) -> None:
-        """Record how a deployment ended: its state, why it failed (a Reason) or what superseded it."""
+    def finish_deployment(self, deployment_id: str, outcome: Outcome, *, told: Told = NOTHING_TOLD) -> None:
+        """Record how a deployment ended: its state, why it failed (a Reason) or what superseded it, with
+        its final events and statuses."""
         with self._tx() as db:
+            write_told(db, told)
             db.execute(
                 "UPDATE deployments SET state = ?, finished_at = ?, error = ?, error_code = ?, superseded_by = ?,"
                 " commit_sha = COALESCE(?, commit_sha) WHERE id = ?",
@@ -298,22 +333,65 @@ class StateStore:
             ).fetchone()
         return None if row is None else str(row["commit_sha"])
 
-    def hold(self, names: list[str], *, commit: str, actor: str | None, reason: str | None) -> None:
+    def hold(
+        self, names: list[str], *, commit: str, actor: str | None, reason: str | None, told: Told = NOTHING_TOLD
+    ) -> None:
         """Hold stacks a person deployed at a commit other than the branch head: the poll leaves them there."""
         with self._tx() as db:
+            write_told(db, told)
             db.executemany(
                 "UPDATE stacks SET held_commit = ?, held_actor = ?, held_reason = ? WHERE name = ?",
                 [(commit, actor, reason, name) for name in names],
             )
 
-    def release(self, names: list[str] | None = None) -> list[str]:
-        """Let held stacks (all of them with None) converge to the branch head again; return those released."""
+    def release(self, names: list[str] | None = None, *, told: Callable[[list[str]], Told] | None = None) -> list[str]:
+        """Let held stacks (all of them with None) converge to the branch head again; return those released.
+        `told(released)` says what the release tells, in its transaction."""
         with self._tx() as db:
             held = [r["name"] for r in db.execute("SELECT name FROM stacks WHERE held_commit IS NOT NULL")]
             chosen = held if names is None else [n for n in held if n in names]
             db.executemany("UPDATE stacks SET held_commit = NULL, held_actor = NULL, held_reason = NULL"
                            " WHERE name = ?", [(n,) for n in chosen])  # fmt: skip
+            if told is not None and chosen:
+                write_told(db, told(chosen))
         return chosen
+
+    def tell(self, told: Told) -> None:
+        """Events and statuses that go with no change of state here (a refused request, a running status)."""
+        if told.events or told.statuses:
+            with self._tx() as db:
+                write_told(db, told)
+
+    def events(
+        self,
+        *,
+        deployment: str | None = None,
+        stack: str | None = None,
+        actor: str | None = None,
+        event: str | None = None,
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+        after_id: int = 0,
+        limit: int = 1000,
+    ) -> list[AuditEvent]:
+        """Audit events, oldest first, after `after_id`, matching every filter given."""
+        where: list[str] = ["id > ?"]
+        args: list[object] = [after_id]
+        for column, value in (("deployment_id", deployment), ("stack", stack), ("actor", actor), ("event", event)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if since_ns is not None:
+            where.append("ts_ns >= ?")
+            args.append(since_ns)
+        if until_ns is not None:
+            where.append("ts_ns < ?")
+            args.append(until_ns)
+        # the WHERE clause is made of the fixed column names above; every value is a parameter
+        query = f"SELECT id, ts_ns, line FROM audit_events WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"  # noqa: S608
+        with self._lock:
+            rows = self._db.execute(query, (*args, limit)).fetchall()
+        return [AuditEvent(r["id"], r["ts_ns"], r["line"]) for r in rows]
 
     def held(self) -> dict[str, dict[str, str | None]]:
         """Each held stack: {"commit", "actor", "reason"}."""
@@ -391,6 +469,56 @@ class StateStore:
                 for s in stacks
             ],
         }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One recorded audit event: its id, its timestamp (ns) and its JSON line, as shipped."""
+
+    id: int
+    ts_ns: int
+    line: str
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        found: dict[str, Any] = json.loads(self.line)
+        return found
+
+
+def write_told(db: sqlite3.Connection, told: Told) -> None:
+    """Write `told`'s events and statuses inside the caller's transaction."""
+    if told.events:
+        now = time.time_ns()
+        rows = []
+        for i, event in enumerate(told.events):
+            ts = now + i  # one distinct timestamp each: Loki keeps entries of a stream apart by it
+            f = event.fields
+            line: dict[str, Any] = {"event": event.name, "deployment_id": f.get("deployment_id"),
+                                    "commit": f.get("commit"), "time": rfc3339(ts / 1e9)}  # fmt: skip
+            line.update({key: value for key, value in f.items() if value is not None and key not in line})
+            rows.append((ts, event.name, f.get("deployment_id"), f.get("stack"), f.get("actor"),
+                         json.dumps(line, separators=(",", ":"), default=str)))  # fmt: skip
+        db.executemany(
+            "INSERT INTO audit_events (ts_ns, event, deployment_id, stack, actor, line) VALUES (?, ?, ?, ?, ?, ?)", rows
+        )
+    by_target: dict[StatusTarget, list[tuple[str, CommitStatus]]] = {}
+    for target, deployment_id, status in told.statuses:
+        by_target.setdefault(target, []).append((deployment_id, status))
+    for target, statuses in by_target.items():
+        insert_statuses(db, target, statuses)
+
+
+def insert_statuses(db: sqlite3.Connection, target: StatusTarget, statuses: Sequence[tuple[str, CommitStatus]]) -> None:
+    """Queue commit statuses, (deployment id, status) each, in the outbox (deployer.queue delivers them)."""
+    db.executemany(
+        "INSERT INTO status_outbox (deployment_id, forge, api_url, repo, sha, context, state, description,"
+        " target_url) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (deployment_id, target.forge, target.api_url, target.repo, s.sha, s.context, s.state, s.description,
+             s.target_url)
+            for deployment_id, s in statuses
+        ],
+    )  # fmt: skip
 
 
 def _stamp(epoch: float | None) -> str | None:

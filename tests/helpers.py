@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import textwrap
 from collections.abc import Mapping
@@ -135,3 +137,16 @@ class ConfigRepo:
 
     def head(self) -> str:
         return git(self.path, "rev-parse", "HEAD")
+
+
+def audit_trail(state_dir: Path) -> list[dict[str, Any]]:
+    """Every audit event a deployer recorded in `state_dir`, oldest first, as the JSON lines it ships."""
+    database = state_dir / "state.db"
+    if not database.exists():
+        return []
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+        try:
+            rows = db.execute("SELECT line FROM audit_events ORDER BY id").fetchall()
+        except sqlite3.OperationalError:  # a state store from before the audit trail
+            return []
+    return [json.loads(line) for (line,) in rows]

@@ -13,7 +13,18 @@ from deployer.apply import decrypt_files, run_stacks
 from deployer.errors import DeployerError, EngineError, NotOnBranchError, RefNotFoundError
 from deployer.fetch import Mirror
 from deployer.lock import deploy_lock
-from deployer.model import TRANSIENT, Action, Catalog, Outcome, Plan, PlannedStack, Reason, StackResult, StackState
+from deployer.model import (
+    TRANSIENT,
+    Action,
+    Catalog,
+    Outcome,
+    Plan,
+    PlannedStack,
+    Reason,
+    StackResult,
+    StackState,
+    StatusTarget,
+)
 from deployer.pipeline.record import Recorder
 from deployer.pipeline.wiring import Deps, Progress, Request, SilentProgress
 from deployer.plan import load_catalog, make_plan
@@ -39,6 +50,7 @@ def deploy(
     *,
     deployment_id: str | None = None,
     progress: Progress | None = None,
+    target: StatusTarget | None = None,
 ) -> Outcome:
     """Deploy `request.ref`: the affected stacks (or exactly `request.stacks`), in dependency order.
 
@@ -47,10 +59,11 @@ def deploy(
     commit the branch does not contain) ends the deployment before any stack changes, with exit code
     2; a stack that fails to come up fails the deployment with exit code 1, after unrelated stacks
     finished. Every failure carries a Reason, transient or terminal. An interruption (Ctrl-C,
-    SIGTERM turned into an exception) is recorded as an interrupted deployment and re-raised.
+    SIGTERM turned into an exception) is recorded as an interrupted deployment and re-raised. Its
+    final commit statuses (to `target`) are recorded with its end, in one transaction.
     """
     progress = progress or SilentProgress()
-    record = Recorder(deps, deployment_id, request) if deployment_id else Recorder.queued(deps, request)
+    record = Recorder(deps, deployment_id, request, target=target) if deployment_id else Recorder.queued(deps, request)
     try:
         # 1. One deployment at a time per state directory.
         with deploy_lock(deps.settings.state_dir):
@@ -80,7 +93,7 @@ def _deploy_locked(deps: Deps, record: Recorder, request: Request, progress: Pro
     # 4. Plan against each stack's last good commit (gone from the branch or not), in a clean checkout.
     #    A push releases the stacks a person held at another commit; a poll leaves them where they are.
     if request.trigger == "webhook":
-        record.released(deps.store.release(), commit=target)
+        record.release_held(commit=target)
     held = tuple(deps.store.held()) if request.trigger == "poll" else ()
     try:
         tree = mirror.clean_checkout(target, deps.checkouts / "deploy")
@@ -101,7 +114,7 @@ def _deploy_locked(deps: Deps, record: Recorder, request: Request, progress: Pro
         return _stopped(record, plan, EngineError(f"docker engine not reachable: {problem}"), progress)
     # 7. Apply: removals, then deploys in dependency order, recording each result as it lands.
     results = _apply(deps, record, prepared, mirror, progress, force=request.force)
-    _hold_if_off_the_head(deps, request, results, target=target, head=head)
+    _hold_if_off_the_head(record, request, results, target=target, head=head)
     return Outcome(record.deployment_id, target, results, exit_code=_exit_code(results),
                    reason=_failure_reason(deps, results), rewound_from=plan.rewound_from)  # fmt: skip
 
@@ -164,17 +177,14 @@ def _plan(
     return plan, catalog
 
 
-def _hold_if_off_the_head(deps: Deps, request: Request, results: tuple[StackResult, ...], *, target: str,
+def _hold_if_off_the_head(record: Recorder, request: Request, results: tuple[StackResult, ...], *, target: str,
                           head: str) -> None:  # fmt: skip
     """A person's deployment at a commit other than the branch head holds the stacks it deployed there;
     one at the head releases them."""
     if request.follows_branch:
         return
     done = [r.name for r in results if r.state is StackState.SUCCEEDED and r.action is Action.DEPLOY]
-    if target == head:
-        deps.store.release(done)
-    elif done:
-        deps.store.hold(done, commit=target, actor=request.actor, reason=request.reason)
+    record.hold_or_release(done, commit=target, hold=target != head)
 
 
 def _preflight(

@@ -1,7 +1,10 @@
-"""The recorder: every state change of one deployment, written with the audit event that tells it.
+"""The recorder: every state change of one deployment, written with what it tells in one transaction.
 
-Each method writes the state store and then the journal, so the two never tell different stories
-and no step of the use case writes either on its own.
+Each method makes one state-store write whose `Told` carries the audit event that tells the change
+and the commit statuses it implies (deployer.state: the outbox pattern), so the record, the audit
+trail and the forge's statuses never tell different stories, and a crash between two of them cannot
+happen: the deployment's final state and its final statuses are one commit. No step of the use
+case writes events or statuses on its own.
 """
 
 from __future__ import annotations
@@ -12,10 +15,24 @@ from collections.abc import Mapping
 
 from deployer.errors import DeployerError
 from deployer.intake import submit
-from deployer.model import Action, Intake, Outcome, Plan, StackResult, StackState, Trigger
+from deployer.model import (
+    Action,
+    Event,
+    Intake,
+    Outcome,
+    Plan,
+    StackResult,
+    StackState,
+    StatusTarget,
+    Told,
+    Trigger,
+    told,
+)
 from deployer.pipeline.wiring import Deps, Request
 from deployer.queue import Queue
 from deployer.reasons import reason_for
+from deployer.report.statuses import describe_final, describe_superseded
+from deployer.report.targets import target_url
 
 __all__ = ["Recorder"]
 
@@ -23,52 +40,76 @@ log = logging.getLogger("deployer.pipeline")
 
 
 class Recorder:
-    """Records one deployment, from queued (or started) to finished."""
+    """Records one deployment, from queued (or started) to finished, with its statuses to `target`."""
 
-    def __init__(self, deps: Deps, deployment_id: str, request: Request) -> None:
-        self.deps, self.deployment_id, self.request = deps, deployment_id, request
+    def __init__(self, deps: Deps, deployment_id: str, request: Request, *, target: StatusTarget | None = None) -> None:
+        self.deps, self.deployment_id, self.request, self.target = deps, deployment_id, request, target
         self.began = time.monotonic()
+        self._refusal: Event | None = None
 
     @classmethod
     def queued(cls, deps: Deps, request: Request) -> Recorder:
         """A deployment run at once by its caller (the CLI), recorded through the one intake."""
         intake = Intake(trigger=Trigger(request.trigger), ref=request.ref, commit=None, actor=request.actor,
                         reason=request.reason, stacks=request.stacks, force=request.force)  # fmt: skip
-        enqueued = submit(Queue(deps.store), deps.journal, deps.settings, intake, running=True)
+        enqueued = submit(Queue(deps.store), deps.settings, intake, running=True)
         return cls(deps, enqueued.deployment_id, request)
 
+    def _event(self, name: str, commit: str | None, **fields: object) -> Told:
+        return told(name, {"deployment_id": self.deployment_id, "commit": commit, **fields})
+
     def started(self, plan: Plan, *, depends_on: Mapping[str, tuple[str, ...]]) -> None:
-        self.deps.store.start_deployment(self.deployment_id, plan, depends_on=depends_on)
         if plan.rewound_from:
             log.warning("deployment %s: history rewound: %s does not contain %s (deployed before)",
                         self.deployment_id, plan.target[:12], ", ".join(c[:12] for c in plan.rewound_from))  # fmt: skip
-        self.deps.journal.record("deployment.started", deployment_id=self.deployment_id, commit=plan.target,
-                                 trigger=self.request.trigger, actor=self.request.actor,
-                                 stacks=[s.name for s in plan.runnable], orphaned=[s.name for s in plan.stacks
-                                                                                   if s.action is Action.ORPHANED],
-                                 rewound_from=list(plan.rewound_from) or None)  # fmt: skip
+        orphaned = [s.name for s in plan.stacks if s.action is Action.ORPHANED]
+        planned = {s.name: list(s.reasons) for s in plan.runnable}
+        event = self._event("deployment.started", plan.target, trigger=self.request.trigger, actor=self.request.actor,
+                            stacks=list(planned), planned=planned or None, orphaned=orphaned or None,
+                            rewound_from=list(plan.rewound_from) or None)  # fmt: skip
+        self.deps.store.start_deployment(self.deployment_id, plan, depends_on=depends_on, told=event)
 
     def stack(self, result: StackResult, *, commit: str) -> None:
         """A stack started or finished; a success moves its last good commit in the same transaction."""
-        self.deps.store.record_stack(self.deployment_id, result, commit=commit)
         if result.state is StackState.RUNNING:
-            self.deps.journal.record("stack.started", deployment_id=self.deployment_id, commit=commit,
-                                     stack=result.name, action=result.action)  # fmt: skip
-            return
-        duration = None if result.duration is None else round(result.duration * 1000)
-        self.deps.journal.record(f"stack.{result.state}", deployment_id=self.deployment_id, commit=commit,
-                                 stack=result.name, action=result.action, result=str(result.state),
-                                 duration_ms=duration, reason=result.reason, error=result.error)  # fmt: skip
+            event = self._event("stack.started", commit, stack=result.name, action=result.action)
+        else:
+            duration = None if result.duration is None else round(result.duration * 1000)
+            event = self._event(f"stack.{result.state}", commit, stack=result.name, action=result.action,
+                                result=str(result.state), duration_ms=duration, reason=result.reason,
+                                error=result.error)  # fmt: skip
+        self.deps.store.record_stack(self.deployment_id, result, commit=commit, told=event)
 
-    def released(self, names: list[str], *, commit: str) -> None:
-        """A push released stacks a person had held at another commit."""
-        for name in names:
-            self.deps.journal.record("stack.released", deployment_id=self.deployment_id, commit=commit, stack=name,
-                                     trigger=self.request.trigger, actor=self.request.actor)  # fmt: skip
+    def release_held(self, *, commit: str) -> list[str]:
+        """A push releases every stack a person held at another commit."""
+
+        def tell(names: list[str]) -> Told:
+            return Told(tuple(Event("stack.released", {
+                "deployment_id": self.deployment_id, "commit": commit, "stack": name,
+                "trigger": self.request.trigger, "actor": self.request.actor,
+            }) for name in names))  # fmt: skip
+
+        return self.deps.store.release(told=tell)
+
+    def hold_or_release(self, names: list[str], *, commit: str, hold: bool) -> None:
+        """A person's deployment at a commit other than the head holds what it deployed; one at the head
+        releases it."""
+        if not names:
+            return
+        if hold:
+            event = self._event("stack.held", commit, stacks=names, actor=self.request.actor,
+                                reason=self.request.reason)  # fmt: skip
+            self.deps.store.hold(names, commit=commit, actor=self.request.actor, reason=self.request.reason,
+                                 told=event)  # fmt: skip
+            return
+
+        def tell(released: list[str]) -> Told:
+            return self._event("stack.released", commit, stacks=released, actor=self.request.actor)
+
+        self.deps.store.release(names, told=tell)
 
     def secrets_decrypted(self, *, commit: str, stack: str, files: list[str]) -> None:
-        self.deps.journal.record("secrets.decrypted", deployment_id=self.deployment_id, commit=commit, stack=stack,
-                                 files=files)  # fmt: skip
+        self.deps.store.tell(self._event("secrets.decrypted", commit, stack=stack, files=files))
 
     def not_started(self, error: DeployerError, *, commit: str | None) -> Outcome:
         """The deployment stopped before any stack changed."""
@@ -76,17 +117,32 @@ class Recorder:
                        exit_code=error.exit_code)  # fmt: skip
 
     def refused(self, error: DeployerError, *, commit: str) -> Outcome:
-        """A push or poll turned away (nothing deployed): said in the log and the audit trail."""
+        """A push or poll turned away (nothing deployed): said in the log, and in the audit trail with
+        the deployment's end."""
         log.warning("deployment %s refused: %s", self.deployment_id, error.message)
-        self.deps.journal.record("request.refused", deployment_id=self.deployment_id, commit=commit,
-                                 ref=self.request.ref, trigger=self.request.trigger, actor=self.request.actor,
-                                 reason=str(reason_for(error)), error=error.message)  # fmt: skip
+        self._refusal = Event("request.refused", {
+            "deployment_id": self.deployment_id, "commit": commit, "ref": self.request.ref,
+            "trigger": self.request.trigger, "actor": self.request.actor, "reason": str(reason_for(error)),
+            "error": error.message,
+        })  # fmt: skip
         return self.not_started(error, commit=commit)
 
     def finish(self, outcome: Outcome) -> Outcome:
-        self.deps.store.finish_deployment(self.deployment_id, outcome)
-        self.deps.journal.record("deployment.finished", deployment_id=self.deployment_id, commit=outcome.commit,
-                                 result=str(outcome.state), duration_ms=round((time.monotonic() - self.began) * 1000),
-                                 reason=outcome.reason, error=outcome.error, superseded_by=outcome.superseded_by,
-                                 transient=outcome.transient or None)  # fmt: skip
+        """The deployment's end, its `deployment.finished` event and its final statuses: one transaction."""
+        said = Told((self._refusal,)) if self._refusal else Told()
+        said += self._event("deployment.finished", outcome.commit, result=str(outcome.state),
+                            duration_ms=round((time.monotonic() - self.began) * 1000), reason=outcome.reason,
+                            error=outcome.error, superseded_by=outcome.superseded_by,
+                            transient=outcome.transient or None)  # fmt: skip
+        sha = self.request.ref  # the commit the worker was asked to deploy (its statuses' commit)
+        url = target_url(self.deps.settings, self.deployment_id)
+        if outcome.superseded_by is not None:
+            said += self._event("deployment.superseded", sha, superseded_by=outcome.superseded_by)
+            if self.target is not None:
+                status = describe_superseded(sha, outcome.superseded_by, target_url=url)
+                said += Told(statuses=((self.target, self.deployment_id, status),))
+        elif self.target is not None:
+            finals = describe_final(outcome, sha, target_url=url)
+            said += Told(statuses=tuple((self.target, self.deployment_id, s) for s in finals))
+        self.deps.store.finish_deployment(self.deployment_id, outcome, told=said)
         return outcome

@@ -9,7 +9,6 @@ from typing import Protocol
 from deployer.apply import ComposeBackend, StackBackend
 from deployer.fetch import Mirror
 from deployer.model import Plan, StackResult
-from deployer.report import Journal
 from deployer.runner import CommandRunner, SubprocessRunner
 from deployer.settings import Settings
 from deployer.state import StateStore
@@ -47,7 +46,6 @@ class Deps:
     runner: CommandRunner
     backend: StackBackend
     store: StateStore
-    journal: Journal
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Deps:
@@ -57,7 +55,6 @@ class Deps:
             runner=runner,
             backend=ComposeBackend(runner=runner, docker_env=settings.docker_env),
             store=StateStore(settings.state_dir / "state.db"),
-            journal=Journal(settings.state_dir / "audit.jsonl"),
         )
 
     def mirror(self, repo_url: str) -> Mirror:

@@ -1,5 +1,5 @@
 """Stage 5, report: tell the world. Never raises into the pipeline."""
 
-from deployer.report.audit import Journal
+from deployer.report.audit import format_event
 
-__all__ = ["Journal"]
+__all__ = ["format_event"]

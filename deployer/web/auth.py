@@ -5,7 +5,7 @@ look at `X-authentik-*` headers: a route added later is closed until it is liste
 DEPLOYER_VIEW_GROUPS and DEPLOYER_DEPLOY_GROUPS; anything but GET/HEAD/OPTIONS needs a deploy
 group. No identity is 401, a missing group 403. Every refused write, whatever refused it (the gate,
 a bad body, an unknown stack or ref, a body over the limit, a missing CSRF token), leaves one
-`request.refused` in the audit journal naming who tried: the error handlers say why (`refused`),
+`request.refused` in the audit trail naming who tried: the error handlers say why (`refused`),
 and `_audit_refused_write` records it once the answer is made. Handlers find the caller on
 `flask.g.identity`.
 """
@@ -18,6 +18,7 @@ from typing import Final
 from flask import Flask, Response, current_app, g, request
 
 from deployer.errors import AuthenticationError, AuthorizationError
+from deployer.model import told
 from deployer.settings import Settings
 from deployer.web.context import Service
 from deployer.web.identity import Identifier, Identity, KeySet
@@ -63,13 +64,13 @@ def _audit_refused_write(response: Response) -> Response:
     code, message = g.get("refusal") or (str(status), response.status)
     identity: Identity | None = g.get("identity") or g.get("attempted")
     claimed = request.headers.get("X-authentik-username")
-    Service.current(current_app).journal.record_many("request.refused", [{
+    Service.current(current_app).store.tell(told("request.refused", {
         "deployment_id": None, "commit": None, "reason": f"{code}: {message}", "status": status,
         "actor": identity.username if identity else None,
         "claimed_user": claimed[:200] if claimed and identity is None else None,
         "via": identity.via if identity else None,
         "peer": request.remote_addr, "method": request.method, "path": request.path,
-    }])  # fmt: skip
+    }))  # fmt: skip
     return response
 
 

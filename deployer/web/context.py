@@ -1,4 +1,4 @@
-"""What a web process holds: settings, its own state-store connection, the queue, the journal."""
+"""What a web process holds: settings, its own state-store connection (the audit trail lives there), the queue."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from deployer.intake import submit
 from deployer.model import Intake, Trigger
 from deployer.queue import Enqueued, Queue
 from deployer.receive import PushEvent
-from deployer.report import Journal
 from deployer.report.targets import status_target
 from deployer.settings import Settings
 from deployer.state import StateStore
@@ -25,13 +24,12 @@ class Service:
     settings: Settings
     store: StateStore
     queue: Queue
-    journal: Journal
     _known: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(cls, settings: Settings) -> Service:
         store = StateStore(settings.state_dir / "state.db")
-        return cls(settings, store, Queue(store), Journal(settings.state_dir / "audit.jsonl", fsync=False))
+        return cls(settings, store, Queue(store))
 
     def attach(self, app: Flask) -> None:
         app.extensions[_KEY] = self
@@ -57,4 +55,4 @@ class Service:
         intake = Intake(trigger=Trigger.WEBHOOK, ref=event.ref, commit=event.after, actor=event.actor,
                         reason=f"push by {event.actor}" if event.actor else "push",
                         delivery=(str(event.forge), event.delivery_id) if event.delivery_id else None)  # fmt: skip
-        return submit(self.queue, self.journal, self.settings, intake, target=target)
+        return submit(self.queue, self.settings, intake, target=target)

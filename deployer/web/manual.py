@@ -47,7 +47,7 @@ def request_redeploy(body: Mapping[str, Any]) -> tuple[str, str]:
         raise UnknownStackError(f"stacks: no such stack at {commit[:12]}: {', '.join(unknown)}")
     intake = Intake(trigger=Trigger.MANUAL, ref=ref, commit=commit, actor=_actor(), reason=body.get("reason"),
                     stacks=stacks, force=bool(body.get("force")))  # fmt: skip
-    enqueued = submit(service.queue, service.journal, service.settings, intake, target=status_target(service.settings))
+    enqueued = submit(service.queue, service.settings, intake, target=status_target(service.settings))
     return enqueued.deployment_id, commit
 
 
@@ -60,7 +60,7 @@ def release(name: str) -> ResponseReturnValue:
     head = refs.resolve(service.settings, SubprocessRunner(), service.settings.branch)
     intake = Intake(trigger=Trigger.MANUAL, ref=service.settings.branch, commit=head, actor=_actor(),
                     reason=f"release {name}", stacks=(name,))  # fmt: skip
-    enqueued = submit(service.queue, service.journal, service.settings, intake, target=status_target(service.settings))
+    enqueued = submit(service.queue, service.settings, intake, target=status_target(service.settings))
     return jsonify(deployment_id=enqueued.deployment_id, released=bool(released), commit=head), 202
 
 

@@ -8,7 +8,6 @@ trusted proxy (Traefik) and an outsider on the same network are told apart as gu
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from ipaddress import ip_network
@@ -24,6 +23,7 @@ from deployer.settings import Settings
 from deployer.web.app import create_app
 from tests.authentik import AUDIENCE, ISSUER, JwksServer, SigningKey, claims
 from tests.deliveries import push_payload, sign
+from tests.helpers import audit_trail
 
 SECRET = "hook-secret-value"
 PROXY = "10.0.0.2"
@@ -79,9 +79,7 @@ def call(client: FlaskClient, method: str, path: str, headers: dict[str, str], p
 
 
 def refusals(tmp_path: Path) -> list[dict[str, Any]]:
-    journal = tmp_path / "state" / "audit.jsonl"
-    lines = journal.read_text().splitlines() if journal.exists() else []
-    return [event for event in map(json.loads, lines) if event["event"] == "request.refused"]
+    return [event for event in audit_trail(tmp_path / "state") if event["event"] == "request.refused"]
 
 
 @pytest.mark.parametrize(

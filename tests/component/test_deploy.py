@@ -14,7 +14,7 @@ import pytest
 from deployer.model import Action, Outcome, Reason, StackResult, StackState
 from deployer.pipeline import Deps, Request, SilentProgress, deploy
 from tests.conftest import AgeKey
-from tests.helpers import ConfigRepo, service
+from tests.helpers import ConfigRepo, audit_trail, service
 
 pytestmark = pytest.mark.usefixtures("engine")
 
@@ -134,7 +134,7 @@ def test_secrets_reach_compose_but_never_disk_logs_or_state(
     assert [r.name for r in outcome.results] == [f"{prefix}-app"]
     assert f"TOKEN={SECRET}-rotated" in containers(prefix)[f"{prefix}-app/main"]["env"]
 
-    journal = [json.loads(line) for line in (deps.settings.state_dir / "audit.jsonl").read_text().splitlines()]
+    journal = audit_trail(deps.settings.state_dir)
     decrypted = [e for e in journal if e["event"] == "secrets.decrypted"]
     assert decrypted and all(e["files"] == ["secrets/app.env"] for e in decrypted)
     assert_nowhere_on_disk(deps.settings.state_dir, SECRET)
@@ -229,7 +229,7 @@ def test_removed_stack_is_orphaned_unless_pruning(deps: Deps, repo: ConfigRepo, 
     assert outcome.results == ()
     assert f"{b}/main" in containers(prefix)
 
-    pruning = Deps(replace(deps.settings, prune=True), deps.runner, deps.backend, deps.store, deps.journal)
+    pruning = Deps(replace(deps.settings, prune=True), deps.runner, deps.backend, deps.store)
     outcome = run(pruning, repo)
     assert [(r.name, r.action, r.state) for r in outcome.results] == [(b, Action.REMOVE, StackState.SUCCEEDED)]
     assert set(containers(prefix)) == {f"{a}/main"}

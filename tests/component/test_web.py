@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from deployer.settings import Settings
 from deployer.state import StateStore
 from deployer.web.app import create_app
 from tests.deliveries import FORGES, ZERO, Delivery, push_payload, sign
+from tests.helpers import audit_trail
 
 SECRET = "hook-secret-value"
 SHA = "a" * 40
@@ -53,7 +53,7 @@ def test_a_signed_push_is_queued_at_once(client: FlaskClient, settings: Settings
     [deployment] = queued(settings)
     assert (deployment["id"], deployment["commit"], deployment["state"]) == (deployment_id, SHA, "queued")
     assert (deployment["ref"], deployment["trigger"], deployment["actor"]) == ("refs/heads/main", "webhook", "op")
-    journal = [json.loads(line) for line in (settings.state_dir / "audit.jsonl").read_text().splitlines()]
+    journal = audit_trail(settings.state_dir)
     assert journal[-1]["event"] == "deployment.queued" and journal[-1]["deployment_id"] == deployment_id
 
 

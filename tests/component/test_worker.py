@@ -6,7 +6,6 @@ Docker engine and compose are real.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from deployer.pipeline import Deps
 from deployer.queue import Queue
 from deployer.web.app import create_app
 from tests.deliveries import push_payload, sign
-from tests.helpers import ConfigRepo, service
+from tests.helpers import ConfigRepo, audit_trail, service
 from tests.servers import ForgeServer
 
 SECRET = "worker-hook-secret"
@@ -95,7 +94,7 @@ def test_latest_wins_and_every_pushed_commit_gets_a_final_status(
     for sha, deployment_id in zip(commits[:2], ids[:2], strict=True):
         final_status = [p for p in forge.posted if p.sha == sha and p.context == "deployer"][-1]
         assert final_status.target_url and final_status.target_url.endswith(f"/api/deployments/{deployment_id}")
-    audit = [json.loads(line) for line in service_deps.journal.path.read_text().splitlines()]
+    audit = audit_trail(service_deps.settings.state_dir)
     assert sorted((e["deployment_id"], e["commit"], e["superseded_by"]) for e in audit
                   if e["event"] == "deployment.superseded") == sorted(
         (deployment_id, sha, commits[-1]) for sha, deployment_id in zip(commits[:2], ids[:2], strict=True)

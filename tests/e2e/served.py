@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from tests.deliveries import push_payload, sign
-from tests.helpers import ROOT, TEST_IMAGE, ConfigRepo, require_tool, service
+from tests.helpers import ROOT, TEST_IMAGE, ConfigRepo, audit_trail, require_tool, service
 
 SECRET = "e2e-hook-secret"
 FINISHED = ("succeeded", "failed", "superseded")
@@ -115,8 +115,7 @@ class Served:
         return None
 
     def audit(self) -> list[dict[str, Any]]:
-        path = self.state / "audit.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        return audit_trail(self.state)
 
     def log(self) -> str:
         if not self._log.closed:

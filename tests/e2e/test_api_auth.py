@@ -1,4 +1,4 @@
-"""Identity on the real `deployer serve`: gunicorn's REMOTE_ADDR, the key set fetched over HTTP, the audit journal.
+"""Identity on the real `deployer serve`: gunicorn's REMOTE_ADDR, the key set fetched over HTTP, the audit trail.
 
 The trusted proxy is 127.0.0.1 (where the test's requests come from, as Traefik's would);
 tests/authentik.py's JwksServer stands in for Authentik's JWKS endpoint and signs the outpost tokens.

@@ -10,6 +10,7 @@ rewritten and garbage-collected.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import sqlite3
@@ -198,7 +199,7 @@ def test_an_age_key_removed_and_restored_is_retried_with_backoff(
     wait_for(lambda: served.deployed(name) == sha, timeout=90, what="the retry to deploy the head")
     assert container_env(name)["TOKEN"] == "the-secret-token-value"
     assert served.deployment(first["id"])["retry_at"] is None  # the retry it promised happened
-    for text in (served.log(), (served.state / "audit.jsonl").read_text(), (served.state / "state.db").read_bytes()):
+    for text in (served.log(), json.dumps(served.audit()), (served.state / "state.db").read_bytes()):
         assert "the-secret-token-value" not in str(text)
 
 

@@ -19,6 +19,7 @@ from flask import Flask, Response, current_app, g, request
 
 from deployer.errors import AuthenticationError, AuthorizationError
 from deployer.model import told
+from deployer.receive.forges import DELIVERY_HEADERS
 from deployer.settings import Settings
 from deployer.web.context import Service
 from deployer.web.identity import Identifier, Identity, KeySet
@@ -57,11 +58,24 @@ def refused(code: str, message: str) -> None:
 
 def _audit_refused_write(response: Response) -> Response:
     """after_request: a write to a guarded path that was refused (4xx, or 503 when identity cannot be
-    checked) leaves `request.refused` naming who tried, or who the request claimed to be."""
+    checked) leaves `request.refused` naming who tried, or who the request claimed to be. A delivery
+    the webhook refuses (bad signature, malformed, too large) does too, naming its delivery id and
+    peer; X-authentik-* headers are never read there."""
     status = response.status_code
-    if request.method in READ_METHODS or request.path in PUBLIC_PATHS or not (400 <= status < 500 or status == 503):
+    if request.method in READ_METHODS or not (400 <= status < 500 or status == 503):
         return response
     code, message = g.get("refusal") or (str(status), response.status)
+    if request.path == "/webhook":
+        delivery = next((request.headers[h] for names in DELIVERY_HEADERS.values() for h in names
+                         if request.headers.get(h)), None)  # fmt: skip
+        Service.current(current_app).store.tell(told("request.refused", {
+            "deployment_id": None, "commit": None, "reason": f"{code}: {message}", "status": status,
+            "delivery_id": delivery[:200] if delivery else None, "peer": request.remote_addr,
+            "method": request.method, "path": request.path,
+        }))  # fmt: skip
+        return response
+    if request.path in PUBLIC_PATHS:
+        return response
     identity: Identity | None = g.get("identity") or g.get("attempted")
     claimed = request.headers.get("X-authentik-username")
     Service.current(current_app).store.tell(told("request.refused", {

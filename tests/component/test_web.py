@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -130,6 +131,10 @@ def test_bad_deliveries_get_their_status_and_queue_nothing(
     lines = [r.getMessage() for r in caplog.records if r.name == "deployer.web"]
     assert len(lines) == 1 and f"-> {status}" in lines[0]
     assert SECRET not in lines[0] and SHA not in lines[0]
+    [refused] = audit_trail(settings.state_dir)  # the attempt is an audit event, with nothing of its body
+    assert (refused["event"], refused["status"], refused["path"]) == ("request.refused", status, "/webhook")
+    assert refused["reason"].split(":")[0] == response.get_json()["error"]
+    assert SECRET not in json.dumps(refused) and SHA not in json.dumps(refused)
 
 
 def test_unknown_forge_is_401(client: FlaskClient, settings: Settings) -> None:

@@ -29,8 +29,10 @@ from deployer.pipeline import BRANCH_TRIGGERS, Deps, Request, SilentProgress, br
 from deployer.plan.retry import Step, next_step
 from deployer.queue import Claim, Queue, Undelivered
 from deployer.report.forges import POSTERS, GiveUp, Retry
+from deployer.report.loki import LokiClient, ship_batch
 from deployer.report.statuses import describe_running, describe_superseded
 from deployer.report.targets import status_target, target_url
+from deployer.state import StateStore
 
 __all__ = ["Worker"]
 
@@ -40,6 +42,8 @@ log = logging.getLogger(__name__)
 HEARTBEAT = 5.0
 #: backoff for a status the forge did not take: 2, 4, 8 ... seconds, at most this
 MAX_BACKOFF = 300.0
+#: backoff while Loki cannot take the audit trail: 1, 2, 4 ... seconds, at most this
+MAX_SHIP_BACKOFF = 60.0
 
 
 class Worker:
@@ -68,6 +72,8 @@ class Worker:
             log.warning("resuming deployments interrupted by a restart: %s", ", ".join(resumed))
         reporter = threading.Thread(target=self._report_forever, args=(stop,), name="statuses", daemon=True)
         reporter.start()
+        if self.deps.settings.loki_url:
+            threading.Thread(target=self._ship_forever, args=(stop,), name="loki", daemon=True).start()
         interval = self.deps.settings.poll_interval
         next_poll = time.monotonic() if interval else float("inf")
         next_beat = 0.0
@@ -193,6 +199,32 @@ class Worker:
             return True
         self.queue.delivered(item.id)
         return True
+
+    def _ship_forever(self, stop: threading.Event) -> None:
+        """Ship the audit trail to Loki, oldest first; back off 1 s doubling to 60 s while Loki cannot take it."""
+        settings = self.deps.settings
+        client = LokiClient(str(settings.loki_url), tenant=settings.loki_tenant, user=settings.loki_user,
+                            password=settings.loki_password, token=settings.loki_token)  # fmt: skip
+        store = StateStore(settings.state_dir / "state.db")  # its own connection: the deploy thread writes meanwhile
+        delay = 0.0
+        while not stop.is_set():
+            try:
+                shipped = ship_batch(store, client, now_ns=time.time_ns())
+                delay = 0.0
+            except Retry as error:
+                delay = min(max(1.0, delay * 2), MAX_SHIP_BACKOFF)
+                log.warning("audit events not shipped to Loki (%s); retrying in %.0fs", error, delay)
+                self.queue.set_meta("loki", {"ok": False, "error": str(error), "at": time.time()})
+                stop.wait(delay)
+                continue
+            except Exception:  # the shipper must outlive any one bad batch
+                log.exception("shipping audit events failed")
+                stop.wait(5.0)
+                continue
+            self.queue.set_meta("loki", {"ok": True, "error": None, "at": time.time()})
+            if shipped == 0:
+                stop.wait(1.0)
+        store.close()
 
     def _report_forever(self, stop: threading.Event) -> None:
         while not stop.is_set():

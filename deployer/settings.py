@@ -63,6 +63,9 @@ class Settings:
     public_url: str | None = None
     loki_url: str | None = None
     loki_tenant: str | None = None
+    loki_user: str | None = None
+    loki_password: str | None = field(default=None, repr=False)
+    loki_token: str | None = field(default=None, repr=False)
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     authentik_jwks_url: str | None = None
     authentik_issuer: str | None = None
@@ -103,6 +106,9 @@ class Settings:
             public_url=_get(environ, "DEPLOYER_PUBLIC_URL"),
             loki_url=_get(environ, "DEPLOYER_LOKI_URL"),
             loki_tenant=_get(environ, "DEPLOYER_LOKI_TENANT"),
+            loki_user=_secret(environ, "DEPLOYER_LOKI_USER"),
+            loki_password=_secret(environ, "DEPLOYER_LOKI_PASSWORD"),
+            loki_token=_secret(environ, "DEPLOYER_LOKI_TOKEN"),
             trusted_proxies=_networks(environ, "DEPLOYER_TRUSTED_PROXIES"),
             authentik_jwks_url=_get(environ, "DEPLOYER_AUTHENTIK_JWKS_URL"),
             authentik_issuer=_get(environ, "DEPLOYER_AUTHENTIK_ISSUER"),

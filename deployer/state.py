@@ -362,6 +362,35 @@ class StateStore:
             with self._tx() as db:
                 write_told(db, told)
 
+    def unshipped(self, *, limit: int = 500) -> list[AuditEvent]:
+        """The oldest events not yet in Loki and not set aside, at most `limit`."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, ts_ns, line FROM audit_events WHERE shipped_at IS NULL AND ship_error IS NULL"
+                " ORDER BY id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [AuditEvent(r["id"], r["ts_ns"], r["line"]) for r in rows]
+
+    def shipped(self, ids: Sequence[int], *, error: str | None = None) -> None:
+        """Loki took these events (or, with `error`, refused them for good: set aside, kept, visible)."""
+        with self._tx() as db:
+            if error is None:
+                db.executemany("UPDATE audit_events SET shipped_at = ? WHERE id = ?", [(time.time(), i) for i in ids])
+            else:
+                db.executemany("UPDATE audit_events SET ship_error = ? WHERE id = ?", [(error[:500], i) for i in ids])
+
+    def shipping(self) -> dict[str, Any]:
+        """How shipping stands: events waiting (and the oldest one's age in seconds), events set aside."""
+        with self._lock:
+            waiting = self._db.execute(
+                "SELECT COUNT(*) AS n, MIN(ts_ns) AS oldest FROM audit_events WHERE shipped_at IS NULL"
+                " AND ship_error IS NULL"
+            ).fetchone()
+            aside = self._db.execute("SELECT COUNT(*) AS n FROM audit_events WHERE ship_error IS NOT NULL").fetchone()
+        oldest = None if waiting["oldest"] is None else max(0.0, time.time() - waiting["oldest"] / 1e9)
+        return {"waiting": waiting["n"], "oldest_age_s": oldest, "set_aside": aside["n"]}
+
     def events(
         self,
         *,

@@ -78,6 +78,23 @@ def readyz() -> ResponseReturnValue:
     engine = service.queue.meta("engine")
     if not (isinstance(engine, dict) and engine.get("ok")):
         problems.append(f"docker engine not reachable: {engine.get('error') if isinstance(engine, dict) else '?'}")
+    warnings = _shipping_warnings(service)
     if problems:
-        return jsonify(status="unready", problems=problems), 503
-    return jsonify(status="ready")
+        return jsonify(status="unready", problems=problems, warnings=warnings), 503
+    return jsonify(status="ready", warnings=warnings)
+
+
+def _shipping_warnings(service: Service) -> list[str]:
+    """What is wrong with shipping the audit trail to Loki: visible here, though deployments go on (ready)."""
+    if not service.settings.loki_url:
+        return []
+    found = []
+    shipping = service.store.shipping()
+    loki = service.queue.meta("loki")
+    if isinstance(loki, dict) and not loki.get("ok"):
+        age = shipping["oldest_age_s"]
+        found.append(f"audit events not shipped to Loki: {loki.get('error')}; {shipping['waiting']} waiting"
+                     + (f", the oldest for {age:.0f}s" if age is not None else ""))  # fmt: skip
+    if shipping["set_aside"]:
+        found.append(f"{shipping['set_aside']} audit events refused by Loki and set aside (deployer audit has them)")
+    return found

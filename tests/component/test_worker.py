@@ -188,7 +188,7 @@ def test_the_worker_loop_drains_the_queue_and_reports_ready(
                 break
             time.sleep(0.2)
         assert state == "succeeded"
-        assert client.get("/readyz").get_json() == {"status": "ready"}
+        assert client.get("/readyz").get_json() == {"status": "ready", "warnings": []}
         stacks = client.get("/api/stacks").get_json()
         assert stacks == [{"name": f"{prefix}-app", "deployed_commit": sha, "state": "succeeded", "depends_on": [],
                            "held": None, "paused": False, "drift": []}]  # fmt: skip

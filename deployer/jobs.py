@@ -206,8 +206,13 @@ class Worker:
         client = LokiClient(str(settings.loki_url), tenant=settings.loki_tenant, user=settings.loki_user,
                             password=settings.loki_password, token=settings.loki_token)  # fmt: skip
         store = StateStore(settings.state_dir / "state.db")  # its own connection: the deploy thread writes meanwhile
-        delay = 0.0
+        delay, next_prune = 0.0, 0.0
         while not stop.is_set():
+            if time.monotonic() >= next_prune:  # hourly: what Loki has had for DEPLOYER_AUDIT_RETENTION_DAYS
+                pruned = store.prune_shipped(before=time.time() - settings.audit_retention_days * 86400)
+                if pruned:
+                    log.info("pruned %d audit events shipped over %d days ago", pruned, settings.audit_retention_days)
+                next_prune = time.monotonic() + 3600
             try:
                 shipped = ship_batch(store, client, now_ns=time.time_ns())
                 delay = 0.0

@@ -66,6 +66,8 @@ class Settings:
     loki_user: str | None = None
     loki_password: str | None = field(default=None, repr=False)
     loki_token: str | None = field(default=None, repr=False)
+    #: days an event shipped to Loki is kept in the local trail (never pruned before it is shipped)
+    audit_retention_days: int = 90
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     authentik_jwks_url: str | None = None
     authentik_issuer: str | None = None
@@ -109,6 +111,7 @@ class Settings:
             loki_user=_secret(environ, "DEPLOYER_LOKI_USER"),
             loki_password=_secret(environ, "DEPLOYER_LOKI_PASSWORD"),
             loki_token=_secret(environ, "DEPLOYER_LOKI_TOKEN"),
+            audit_retention_days=_int(environ, "DEPLOYER_AUDIT_RETENTION_DAYS", 90, minimum=1),
             trusted_proxies=_networks(environ, "DEPLOYER_TRUSTED_PROXIES"),
             authentik_jwks_url=_get(environ, "DEPLOYER_AUTHENTIK_JWKS_URL"),
             authentik_issuer=_get(environ, "DEPLOYER_AUTHENTIK_ISSUER"),

@@ -380,6 +380,12 @@ class StateStore:
             else:
                 db.executemany("UPDATE audit_events SET ship_error = ? WHERE id = ?", [(error[:500], i) for i in ids])
 
+    def prune_shipped(self, *, before: float) -> int:
+        """Drop events shipped to Loki before `before` (epoch seconds); never one not yet shipped."""
+        with self._tx() as db:
+            return db.execute("DELETE FROM audit_events WHERE shipped_at IS NOT NULL AND shipped_at < ?",
+                              (before,)).rowcount  # fmt: skip
+
     def shipping(self) -> dict[str, Any]:
         """How shipping stands: events waiting (and the oldest one's age in seconds), events set aside."""
         with self._lock:

@@ -102,3 +102,10 @@ def test_credentials_never_reach_the_trail_or_the_repr(loki: LokiServer, store: 
     assert all("loki-token-value" not in e.line for e in store.events())
     basic = LokiClient(loki.url, user="deployer", password="pw-value").headers()
     assert basic["Authorization"] == "Basic ZGVwbG95ZXI6cHctdmFsdWU="
+
+
+def test_only_shipped_events_are_pruned_after_the_retention(loki: LokiServer, store: StateStore) -> None:
+    ship_batch(store, client(loki), now_ns=time.time_ns(), limit=4)
+    assert store.prune_shipped(before=time.time() - 86400) == 0  # shipped just now: kept
+    assert store.prune_shipped(before=time.time() + 1) == 4
+    assert [e.fields["deployment_id"] for e in store.events()] == ["d4", "d5", "d6"]  # never shipped: kept

@@ -11,7 +11,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Final
 
 __all__ = [
-    "DELIVERY_HEADERS", "EVENT_HEADER", "PUSH_EVENT", "SIGNATURE_HEADERS", "Forge", "HeaderMap", "detect_forge",
+    "DELIVERY_HEADERS", "EVENT_HEADER", "PUSH_EVENT", "SIGNATURE_HEADERS", "Forge", "HeaderMap", "any_delivery_id",
+    "detect_forge",
 ]  # fmt: skip
 
 
@@ -85,6 +86,12 @@ DELIVERY_HEADERS: Final[Mapping[Forge, tuple[str, ...]]] = {
     Forge.GITLAB: ("Idempotency-Key", "X-Gitlab-Event-UUID", "X-Gitlab-Webhook-UUID"),
     Forge.GITHUB: ("X-GitHub-Delivery",),
 }
+
+
+def any_delivery_id(headers: Mapping[str, str]) -> str | None:
+    """The delivery id a request names under any forge's header (for logs and refusals: no forge is trusted)."""
+    return next((headers[h] for names in DELIVERY_HEADERS.values() for h in names if headers.get(h)), None)
+
 
 #: signature headers in the order they are trusted; the first one present decides, alone
 SIGNATURE_HEADERS: Final[Mapping[Forge, tuple[str, ...]]] = {

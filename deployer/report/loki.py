@@ -89,7 +89,8 @@ def ship_batch(store: StateStore, client: LokiClient, *, now_ns: int, limit: int
         log.error("%d audit events older than Loki accepts (7 days) set aside, not shipped (ids %d-%d);"
                   " they stay in `deployer audit`", len(old), old[0], old[-1])  # fmt: skip
         store.shipped(old, error="older than Loki's 7-day window (reject_old_samples_max_age)")
-        batch = [e for e in batch if e.id not in set(old)]
+        set_aside = set(old)
+        batch = [e for e in batch if e.id not in set_aside]
         if not batch:
             return 0
     try:

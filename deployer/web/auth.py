@@ -19,7 +19,7 @@ from flask import Flask, Response, current_app, g, request
 
 from deployer.errors import AuthenticationError, AuthorizationError
 from deployer.model import told
-from deployer.receive.forges import DELIVERY_HEADERS
+from deployer.receive.forges import any_delivery_id
 from deployer.settings import Settings
 from deployer.web.context import Service
 from deployer.web.identity import Identifier, Identity, KeySet
@@ -66,8 +66,7 @@ def _audit_refused_write(response: Response) -> Response:
         return response
     code, message = g.get("refusal") or (str(status), response.status)
     if request.path == "/webhook":
-        delivery = next((request.headers[h] for names in DELIVERY_HEADERS.values() for h in names
-                         if request.headers.get(h)), None)  # fmt: skip
+        delivery = any_delivery_id(request.headers)
         Service.current(current_app).store.tell(told("request.refused", {
             "deployment_id": None, "commit": None, "reason": f"{code}: {message}", "status": status,
             "delivery_id": delivery[:200] if delivery else None, "peer": request.remote_addr,

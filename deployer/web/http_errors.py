@@ -19,6 +19,7 @@ from deployer.errors import (
     SignatureError,
     UnknownStackError,
 )
+from deployer.receive.forges import any_delivery_id
 from deployer.web.auth import refused
 from deployer.web.identity import KeySetUnavailableError
 
@@ -64,9 +65,5 @@ def _http_error(error: HTTPException) -> ResponseReturnValue:
 
 def _who() -> str:
     """The delivery id and peer, so a rejected request can be found in the forge's delivery log."""
-    delivery = next(
-        (request.headers[h] for h in ("X-GitHub-Delivery", "X-Gitea-Delivery", "X-Forgejo-Delivery",
-                                      "X-Gitlab-Event-UUID") if h in request.headers),
-        None,
-    )  # fmt: skip
+    delivery = any_delivery_id(request.headers)
     return f" (from {request.remote_addr}{f', delivery {delivery}' if delivery else ''})"

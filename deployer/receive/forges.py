@@ -7,7 +7,7 @@ asks for the most specific forge first.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Final
 
 __all__ = [
@@ -88,9 +88,10 @@ DELIVERY_HEADERS: Final[Mapping[Forge, tuple[str, ...]]] = {
 }
 
 
-def any_delivery_id(headers: Mapping[str, str]) -> str | None:
-    """The delivery id a request names under any forge's header (for logs and refusals: no forge is trusted)."""
-    return next((headers[h] for names in DELIVERY_HEADERS.values() for h in names if headers.get(h)), None)
+def any_delivery_id(header: Callable[[str], str | None]) -> str | None:
+    """The delivery id a request names under any forge's header, looked up with `header` (a headers
+    object's `get`); for logs and refusals, where no forge is trusted yet."""
+    return next((found for names in DELIVERY_HEADERS.values() for h in names if (found := header(h))), None)
 
 
 #: signature headers in the order they are trusted; the first one present decides, alone

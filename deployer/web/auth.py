@@ -66,7 +66,7 @@ def _audit_refused_write(response: Response) -> Response:
         return response
     code, message = g.get("refusal") or (str(status), response.status)
     if request.path == "/webhook":
-        delivery = any_delivery_id(request.headers)
+        delivery = any_delivery_id(request.headers.get)
         Service.current(current_app).store.tell(told("request.refused", {
             "deployment_id": None, "commit": None, "reason": f"{code}: {message}", "status": status,
             "delivery_id": delivery[:200] if delivery else None, "peer": request.remote_addr,

@@ -65,5 +65,5 @@ def _http_error(error: HTTPException) -> ResponseReturnValue:
 
 def _who() -> str:
     """The delivery id and peer, so a rejected request can be found in the forge's delivery log."""
-    delivery = any_delivery_id(request.headers)
+    delivery = any_delivery_id(request.headers.get)
     return f" (from {request.remote_addr}{f', delivery {delivery}' if delivery else ''})"

@@ -18,7 +18,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from deployer.settings import Settings
-from deployer.web.gunicorn_settings import gunicorn_options
+from deployer.web.gunicorn_settings import gunicorn_options, prepare_metrics_dir
 
 __all__ = ["serve"]
 
@@ -80,6 +80,7 @@ class _DeployWorker:
 
 
 def serve(settings: Settings, *, bind: str) -> int:
+    prepare_metrics_dir(settings.state_dir)  # before the deploy worker starts and the web workers fork
     worker = _DeployWorker()
     worker.start()
     master = os.getpid()

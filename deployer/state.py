@@ -78,6 +78,7 @@ CREATE TABLE IF NOT EXISTS deployment_stacks (
     error TEXT,
     output TEXT,
     depends_on TEXT NOT NULL DEFAULT '[]',
+    duration_ms INTEGER,
     PRIMARY KEY (deployment_id, name)
 );
 -- Each stack's latest result and the history page's stack filter look up by name.
@@ -113,7 +114,8 @@ CREATE TABLE IF NOT EXISTS status_outbox (
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt REAL NOT NULL DEFAULT 0,
     done_at TEXT,
-    last_error TEXT
+    last_error TEXT,
+    queued_at REAL
 );
 CREATE INDEX IF NOT EXISTS status_outbox_pending ON status_outbox (done_at, next_attempt);
 -- Statuses of one commit and context go out in order: the reporter looks up an older undelivered one by this.
@@ -134,6 +136,7 @@ CREATE TABLE IF NOT EXISTS audit_events (
 CREATE INDEX IF NOT EXISTS audit_events_unshipped ON audit_events (id) WHERE shipped_at IS NULL;
 CREATE INDEX IF NOT EXISTS audit_events_by_deployment ON audit_events (deployment_id);
 CREATE INDEX IF NOT EXISTS audit_events_by_time ON audit_events (ts_ns);
+CREATE INDEX IF NOT EXISTS audit_events_set_aside ON audit_events (id) WHERE ship_error IS NOT NULL;
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -156,7 +159,14 @@ _ADDED_COLUMNS = (
     ("stacks", "held_commit", "TEXT"),
     ("stacks", "held_actor", "TEXT"),
     ("stacks", "held_reason", "TEXT"),
+    ("status_outbox", "queued_at", "REAL"),
+    ("deployment_stacks", "duration_ms", "INTEGER"),
 )
+#: what /metrics reads at every scrape (each stack's results, durations and last success), from the index alone:
+#: the rows themselves carry kilobytes of compose output each
+_AFTER_COLUMNS = """
+CREATE INDEX IF NOT EXISTS deployment_stacks_results ON deployment_stacks (name, state, duration_ms, finished_at);
+"""
 
 
 @dataclass(frozen=True)
@@ -193,6 +203,7 @@ class StateStore:
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
             self._add_missing_columns()
+            self._db.executescript(_AFTER_COLUMNS)
         finally:
             fcntl.flock(self._write_lock, fcntl.LOCK_UN)
 
@@ -201,6 +212,12 @@ class StateStore:
             present = {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
             if column not in present:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+                if (table, column) == ("deployment_stacks", "duration_ms"):  # a store older than the column
+                    self._db.execute(
+                        "UPDATE deployment_stacks SET duration_ms = CAST(ROUND((julianday(finished_at)"
+                        " - julianday(started_at)) * 86400000) AS INTEGER) WHERE started_at IS NOT NULL"
+                        " AND finished_at IS NOT NULL"
+                    )
 
     def close(self) -> None:
         self._db.close()
@@ -279,10 +296,11 @@ class StateStore:
             write_told(db, told)
             db.execute(
                 "UPDATE deployment_stacks SET state = ?, reason = ?, started_at = ?, finished_at = ?,"
-                " error = ?, output = ? WHERE deployment_id = ? AND name = ?",
+                " error = ?, output = ?, duration_ms = ? WHERE deployment_id = ? AND name = ?",
                 (
                     result.state, result.reason, _stamp(result.started_at), _stamp(result.finished_at),
-                    result.error, result.output, deployment_id, result.name,
+                    result.error, result.output, _duration_ms(result.started_at, result.finished_at),
+                    deployment_id, result.name,
                 ),
             )  # fmt: skip
             if result.state is not StackState.SUCCEEDED:
@@ -545,15 +563,20 @@ def write_told(db: sqlite3.Connection, told: Told) -> None:
 
 def insert_statuses(db: sqlite3.Connection, target: StatusTarget, statuses: Sequence[tuple[str, CommitStatus]]) -> None:
     """Queue commit statuses, (deployment id, status) each, in the outbox (deployer.queue delivers them)."""
+    now = time.time()
     db.executemany(
         "INSERT INTO status_outbox (deployment_id, forge, api_url, repo, sha, context, state, description,"
-        " target_url) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " target_url, queued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             (deployment_id, target.forge, target.api_url, target.repo, s.sha, s.context, s.state, s.description,
-             s.target_url)
+             s.target_url, now)
             for deployment_id, s in statuses
         ],
     )  # fmt: skip
+
+
+def _duration_ms(started: float | None, finished: float | None) -> int | None:
+    return None if started is None or finished is None else round((finished - started) * 1000)
 
 
 def _stamp(epoch: float | None) -> str | None:

@@ -131,6 +131,7 @@ class Recorder:
         """The deployment's end, its `deployment.finished` event and its final statuses: one transaction."""
         said = Told((self._refusal,)) if self._refusal else Told()
         said += self._event("deployment.finished", outcome.commit, result=str(outcome.state),
+                            trigger=self.request.trigger, actor=self.request.actor,
                             duration_ms=round((time.monotonic() - self.began) * 1000), reason=outcome.reason,
                             error=outcome.error, superseded_by=outcome.superseded_by,
                             transient=outcome.transient or None)  # fmt: skip

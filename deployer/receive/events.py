@@ -52,7 +52,10 @@ class PushEvent:
 
 @dataclass(frozen=True)
 class Ignored:
+    """A verified delivery that deploys nothing: why, in words, and as one of a few words (`kind`, for metrics)."""
+
     reason: str
+    kind: str = "other"
 
 
 def signed_bytes(forge: Forge, headers: Mapping[str, str], body: bytes) -> bytes:
@@ -84,20 +87,21 @@ def parse_delivery(
     headers = HeaderMap.of(headers)
     event = headers.get(EVENT_HEADER[forge], "")
     if event != PUSH_EVENT[forge]:
-        return Ignored(f"{_shown(event) or 'unnamed'} event")
+        return Ignored(f"{_shown(event) or 'unnamed'} event", "other_event")
     payload = _json(forge, headers, signed)
     ref, before, after = (_required(payload, key) for key in ("ref", "before", "after"))
     if not ref.startswith("refs/heads/"):
-        return Ignored(f"{_shown(ref)} is not a branch")
+        return Ignored(f"{_shown(ref)} is not a branch", "not_a_branch")
     if ref != f"refs/heads/{branch}":
-        return Ignored(f"branch {_shown(ref.removeprefix('refs/heads/'))} does not deploy (only {branch})")
+        shown = _shown(ref.removeprefix("refs/heads/"))
+        return Ignored(f"branch {shown} does not deploy (only {branch})", "other_branch")
     _check_ids(forge, payload, before, after, object_format)
     repo, api_url, actor = _repo(forge, payload), _api_url(forge, payload), _actor(forge, payload)
     _check_commits(payload)
     if before == after:  # Gitea's "Test delivery" (all zeros on current versions): not a deletion
-        return Ignored("test delivery (before == after)")
+        return Ignored("test delivery (before == after)", "test_delivery")
     if _typed(payload, "deleted", bool) is True or set(after) == {"0"}:
-        return Ignored("branch deletion")
+        return Ignored("branch deletion", "branch_deletion")
     return PushEvent(
         forge=forge,
         delivery_id=next((headers[h] for h in DELIVERY_HEADERS[forge] if headers.get(h)), None),

@@ -1,13 +1,14 @@
-"""Read-only API: deployments, stacks, liveness and readiness."""
+"""Read-only API: deployments, stacks, liveness, readiness and metrics."""
 
 from __future__ import annotations
 
 import time
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from deployer.errors import PlanError
+from deployer.report import metrics as metrics_
 from deployer.web.context import Service
 from deployer.web.manual import manual
 
@@ -55,6 +56,12 @@ def branch() -> ResponseReturnValue:
         found = {"branch": service.settings.branch, "head": None, "next": "unknown", "why": "not checked yet",
                  "retry_at": None, "checked_at": None}  # fmt: skip
     return jsonify(found)
+
+
+@api.get("/metrics")
+def metrics() -> ResponseReturnValue:
+    """Prometheus text format: the state store read now, and every web worker's counters (deployer.report.metrics)."""
+    return Response(metrics_.render(Service.current(current_app).metrics), content_type=metrics_.CONTENT_TYPE)
 
 
 @api.get("/healthz")

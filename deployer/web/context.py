@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from flask import Flask
+from prometheus_client import CollectorRegistry
 
 from deployer.intake import submit
 from deployer.model import Intake, Trigger
 from deployer.queue import Enqueued, Queue
 from deployer.receive import PushEvent
+from deployer.report import metrics
 from deployer.report.targets import status_target
 from deployer.settings import Settings
 from deployer.state import StateStore
@@ -24,12 +26,13 @@ class Service:
     settings: Settings
     store: StateStore
     queue: Queue
+    metrics: CollectorRegistry
     _known: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(cls, settings: Settings) -> Service:
         store = StateStore(settings.state_dir / "state.db")
-        return cls(settings, store, Queue(store))
+        return cls(settings, store, Queue(store), metrics.registry(store, shipping=bool(settings.loki_url)))
 
     def attach(self, app: Flask) -> None:
         app.extensions[_KEY] = self

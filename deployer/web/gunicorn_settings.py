@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
 from typing import Any
 
-__all__ = ["gunicorn_options"]
+__all__ = ["gunicorn_options", "prepare_metrics_dir"]
 
 #: web worker processes; each has its own state-store connection, and none of them deploys
 WORKERS = 2
@@ -13,6 +16,29 @@ WORKERS = 2
 REQUEST_TIMEOUT = 10
 #: seconds the master gives web workers to finish when asked to stop, before it kills them
 GRACEFUL_TIMEOUT = 10
+
+
+#: where prometheus_client's multiprocess mode keeps each web worker's counters
+METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def prepare_metrics_dir(state_dir: Path) -> Path:
+    """Empty `state_dir`/metrics and point prometheus_client at it: in the master, before any web worker forks
+    and before prometheus_client is imported (it chooses multiprocess mode at import). Counts a previous
+    run left would otherwise add to this run's."""
+    path = state_dir / "metrics"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, mode=0o700)
+    os.environ[METRICS_ENV] = str(path)
+    return path
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    """gunicorn's hook, in the master, when a web worker has exited: its live gauges go, its counts stay."""
+    if os.environ.get(METRICS_ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 
 def gunicorn_options(*, bind: str, workers: int = WORKERS) -> dict[str, Any]:
@@ -39,4 +65,5 @@ def gunicorn_options(*, bind: str, workers: int = WORKERS) -> dict[str, Any]:
         # gunicorn >= 25.1 opens a control socket at one path per user ($XDG_RUNTIME_DIR or ~/.gunicorn),
         # which a second service of the same user would take over; the service is run by signals instead.
         "control_socket_disable": True,
+        "child_exit": _child_exit,
     }

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from deployer.errors import SignatureError
 from deployer.receive import HeaderMap, Ignored, detect_forge, parse_delivery, verify_signature
 from deployer.receive.events import signed_bytes
 from deployer.receive.signature import signature_header
+from deployer.report.metrics import WEBHOOK_DELIVERIES
 from deployer.web.context import Service
 
 __all__ = ["hooks"]
@@ -36,10 +37,31 @@ def webhook() -> ResponseReturnValue:
     )
     if isinstance(event, Ignored):
         log.info("webhook from %s ignored: %s", forge, event.reason)
+        g.ignored = event.kind
         return jsonify(ignored=event.reason), 200
     enqueued = service.enqueue_push(event)
     if enqueued.duplicate_of is not None:
         log.info("webhook from %s ignored: duplicate delivery %s", forge, event.delivery_id)
+        g.ignored = "duplicate"
         return jsonify(ignored=f"duplicate delivery {event.delivery_id}", deployment_id=enqueued.duplicate_of), 200
     log.info("webhook from %s queued %s for %s", forge, enqueued.deployment_id, event.after[:12])
     return jsonify(deployment_id=enqueued.deployment_id), 202
+
+
+#: a refused delivery's HTTP status, as the reason deployer_webhook_deliveries_total gives it
+_REJECTED = {400: "malformed", 401: "signature", 413: "too_large", 503: "unavailable"}
+
+
+@hooks.after_request
+def _count(response: Response) -> Response:
+    """One count per delivery: forge, outcome and a word for why (bounded: no value from the request)."""
+    forge = detect_forge(HeaderMap.from_environ(request.environ))
+    status = response.status_code
+    if status == 202:
+        outcome, reason = "accepted", "queued"
+    elif status == 200:
+        outcome, reason = "ignored", g.get("ignored", "other")
+    else:
+        outcome, reason = "rejected", _REJECTED.get(status, "other")
+    WEBHOOK_DELIVERIES.labels(str(forge) if forge else "unknown", outcome, reason).inc()
+    return response

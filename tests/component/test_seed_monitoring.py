@@ -2,13 +2,18 @@
 
 Grafana dashboards only name datasources that provisioning defines; the Mimir, Loki, Tempo and Alloy
 configs are readable and point at the right places; and every bucket those configs use is one that
-the minio stack's one-shot init creates. Files only: no engine, no network.
+the minio stack's one-shot init creates. Every query of the "Deployments" dashboard and of the
+monitoring doc parses with the real grammars: PromQL with Prometheus' own parser (`promtool check
+rules`), LogQL with Grafana's (`@grafana/lezer-logql`, through tests/logql_check.mjs). Files and
+local tools only: no engine, no network.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, require_tool
 
 MONITORING = ROOT / "stacks" / "monitoring"
 MINIO = ROOT / "stacks" / "minio"
@@ -33,6 +38,33 @@ ALLOY_CONFIG = MONITORING / "alloy" / "config.alloy"
 BUCKETS_FILE = MINIO / "init" / "buckets.txt"
 #: keys under which Mimir (bucket_name), Loki (bucketnames, comma-separated) and Tempo (bucket) name buckets
 BUCKET_KEYS = ("bucket_name", "bucketnames", "bucket")
+DEPLOYER_DASHBOARD = MONITORING / "grafana" / "dashboards" / "deployer.json"
+MONITORING_DOC = ROOT / "docs" / "stacks" / "monitoring.md"
+LOGQL_CHECK = ROOT / "tests" / "logql_check.mjs"
+#: where scripts/bootstrap installs Grafana's LogQL grammar (npm --prefix)
+NODE_TOOLS = Path(os.environ.get("DEPLOYER_NODE_TOOLS", ROOT / ".tools" / "node"))
+#: Grafana's interval variables, which neither promtool nor the LogQL grammar knows: a plain duration instead
+GRAFANA_INTERVALS = re.compile(r"\$__(?:rate_interval|interval|range|auto)\b")
+#: what the deployer exports on /metrics (deployer/report/metrics.py); the doc's table and the dashboard follow it
+DEPLOYER_METRICS = {
+    "deployer_build_info",
+    "deployer_deployments_total",
+    "deployer_queue_depth",
+    "deployer_deployments_running",
+    "deployer_stack_deploy_duration_seconds",
+    "deployer_stack_deployments_total",
+    "deployer_stack_last_success_timestamp_seconds",
+    "deployer_webhook_deliveries_total",
+    "deployer_statuses_waiting",
+    "deployer_statuses_oldest_waiting_seconds",
+    "deployer_audit_events_waiting",
+    "deployer_audit_events_oldest_waiting_seconds",
+    "deployer_audit_events_set_aside",
+    "deployer_audit_shipping_ok",
+    "deployer_worker_heartbeat_age_seconds",
+    "deployer_state_store_up",
+}
+HISTOGRAMS = {"deployer_stack_deploy_duration_seconds"}
 
 
 def load_yaml(path: Path) -> Any:
@@ -74,6 +106,66 @@ def provisioned_datasources() -> list[dict[str, Any]]:
 
 def provisioned_uids() -> set[str]:
     return {str(source["uid"]) for source in provisioned_datasources()}
+
+
+def dashboard_queries(path: Path, datasource: str) -> list[tuple[str, str]]:
+    """(where, expr) of every panel target and annotation of a dashboard that queries `datasource` (a uid)."""
+    dashboard = json.loads(path.read_text(encoding="utf-8"))
+    found = []
+    for panel in panels(dashboard):
+        for target in panel.get("targets", []):
+            if (uid_of(target.get("datasource")) or uid_of(panel.get("datasource"))) == datasource:
+                found.append((f"panel {panel['id']} {panel.get('title')!r} {target.get('refId')}", target["expr"]))
+    for annotation in dashboard.get("annotations", {}).get("list", []):
+        if uid_of(annotation.get("datasource")) == datasource:
+            found.append((f"annotation {annotation.get('name')!r}", annotation["expr"]))
+    return found
+
+
+def doc_logql() -> list[str]:
+    """The LogQL of the monitoring doc: every ```logql fenced block."""
+    text = MONITORING_DOC.read_text(encoding="utf-8")
+    return [block.strip() for block in re.findall(r"^```logql\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE)]
+
+
+def without_grafana_variables(expr: str) -> str:
+    return GRAFANA_INTERVALS.sub("5m", expr)
+
+
+def check_promql(exprs: list[tuple[str, str]], folder: Path) -> subprocess.CompletedProcess[str]:
+    """Prometheus' own parser on each expression: one recording rule each, `promtool check rules`."""
+    promtool = require_tool("promtool")
+    rules = [
+        {"record": f"dashboard:query_{index}", "expr": without_grafana_variables(expr), "labels": {"where": where}}
+        for index, (where, expr) in enumerate(exprs)
+    ]
+    path = folder / "dashboard-rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}), encoding="utf-8")
+    argv = [promtool, "check", "rules", str(path)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
+def logql_errors(queries: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Each query's error nodes in Grafana's LogQL grammar (@grafana/lezer-logql); an empty list: it parses."""
+    node = require_tool("node")
+    if not (NODE_TOOLS / "node_modules" / "@grafana" / "lezer-logql" / "package.json").is_file():
+        message = f"@grafana/lezer-logql is not installed in {NODE_TOOLS} (scripts/bootstrap installs it)"
+        if os.environ.get("DEPLOYER_REQUIRE_TOOLS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    done = subprocess.run(
+        [node, str(LOGQL_CHECK)],
+        input=json.dumps([without_grafana_variables(query) for query in queries]),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "DEPLOYER_NODE_TOOLS": str(NODE_TOOLS)},
+    )
+    assert done.returncode == 0, f"{LOGQL_CHECK.name} failed: {done.stderr}"
+    report = json.loads(done.stdout)
+    assert [item["query"] for item in report] == [without_grafana_variables(query) for query in queries]
+    return {query: item["errors"] for query, item in zip(queries, report, strict=True)}
 
 
 def init_buckets() -> set[str]:
@@ -144,7 +236,8 @@ def test_dashboard_is_valid_json_and_names_only_provisioned_datasources(path: Pa
 
 
 def test_deployer_dashboard_reads_audit_events_from_loki_and_deployer_metrics_from_mimir() -> None:
-    dashboard = json.loads((MONITORING / "grafana" / "dashboards" / "deployer.json").read_text(encoding="utf-8"))
+    dashboard = json.loads(DEPLOYER_DASHBOARD.read_text(encoding="utf-8"))
+    assert (dashboard["title"], dashboard["uid"]) == ("Deployments", "deployer-deployments")
     queries = [(uid_of(t.get("datasource")), t["expr"]) for p in panels(dashboard) for t in p.get("targets", [])]
     loki = [expr for uid, expr in queries if uid == "loki"]
     mimir = [expr for uid, expr in queries if uid == "mimir"]
@@ -152,7 +245,82 @@ def test_deployer_dashboard_reads_audit_events_from_loki_and_deployer_metrics_fr
     assert any('event="deployment.finished"' in expr and "by (result)" in expr for expr in loki)
     assert any('event="stack.failed"' in expr for expr in loki)
     assert any("quantile_over_time(0.95" in expr and "unwrap duration_ms" in expr for expr in loki)
+    # The history: each deployment.finished, which carries its trigger and actor.
+    history = [expr for expr in loki if 'event="deployment.finished"' in expr and 'trigger="trigger"' in expr]
+    assert history, "no history table of deployment.finished with its trigger and actor"
+    fields = ("commit", "actor", "result", "duration_ms", "time")
+    assert all(f'{field}="{field}"' in history[0] for field in fields)
     assert any(re.search(r"\bdeployer_[a-z_]+", expr) for expr in mimir)
+    assert any(
+        re.search(
+            r"histogram_quantile\(0\.95, sum by \(le, stack\) \(rate\(deployer_stack_deploy_duration_seconds_bucket", e
+        )
+        for e in mimir
+    )
+    assert any("by (trigger, result)" in expr and "increase(deployer_deployments_total[" in expr for expr in mimir)
+    assert any("by (outcome, reason)" in expr and "deployer_webhook_deliveries_total" in expr for expr in mimir)
+
+
+def test_deployer_dashboard_and_doc_name_exactly_the_metrics_the_deployer_exports() -> None:
+    """No panel reads a deployer_* name the deployer does not export, and every exported one is shown and
+    documented (the histogram through its _bucket/_sum/_count series)."""
+    used = set()
+    for _, expr in dashboard_queries(DEPLOYER_DASHBOARD, "mimir"):
+        for name in re.findall(r"\bdeployer_[a-z_]+", expr):
+            base = re.sub(r"_(bucket|sum|count)$", "", name)
+            used.add(base if base in HISTOGRAMS else name)
+    assert used == DEPLOYER_METRICS, (
+        f"unknown: {sorted(used - DEPLOYER_METRICS)}, not shown: {sorted(DEPLOYER_METRICS - used)}"
+    )
+    documented = set(re.findall(r"^\| `(deployer_[a-z_]+)` \|", MONITORING_DOC.read_text(encoding="utf-8"), re.M))
+    assert documented == DEPLOYER_METRICS, (
+        f"{MONITORING_DOC.name}: unknown {sorted(documented - DEPLOYER_METRICS)}, "
+        f"missing {sorted(DEPLOYER_METRICS - documented)}"
+    )
+
+
+def test_every_mimir_query_of_the_dashboard_parses_with_promtool(tmp_path: Path) -> None:
+    exprs = dashboard_queries(DEPLOYER_DASHBOARD, "mimir")
+    assert len(exprs) >= 10
+    checked = check_promql(exprs, tmp_path)
+    assert checked.returncode == 0, f"promtool check rules:\n{checked.stdout}{checked.stderr}"
+    assert f"SUCCESS: {len(exprs)} rules found" in checked.stdout
+
+
+def test_promtool_check_fails_on_a_broken_query(tmp_path: Path) -> None:
+    """The PromQL check can fail: an unclosed call, and a Grafana variable the substitution does not know."""
+    for broken in ("sum by (stack) (rate(deployer_stack_deployments_total[$__rate_interval])", "max(up[$__unknown])"):
+        checked = check_promql([("broken", broken)], tmp_path)
+        assert checked.returncode != 0, f"promtool accepted {broken!r}: {checked.stdout}"
+        assert "parse" in (checked.stdout + checked.stderr).lower()
+
+
+def test_every_loki_query_of_the_dashboard_and_the_doc_parses_with_grafanas_logql_grammar() -> None:
+    dashboard = dashboard_queries(DEPLOYER_DASHBOARD, "loki")
+    documented = doc_logql()
+    assert len(dashboard) >= 10
+    # the doc answers: every deployment of a stack, failures last week, who triggered manual deploys,
+    # which secrets a deploy decrypted
+    for answer in ('stack="monitoring"', 'result="failed"', 'trigger=~"manual|cli"', 'event="secrets.decrypted"'):
+        assert any(answer in query for query in documented), f"{MONITORING_DOC.name}: no LogQL with {answer}"
+    assert all('{service_name="deployer"}' in query for query in documented)
+    errors = logql_errors([expr for _, expr in dashboard] + documented)
+    wrong = {query: found for query, found in errors.items() if found}
+    assert not wrong, f"LogQL that does not parse: {json.dumps(wrong, indent=1)}"
+
+
+def test_the_logql_check_reports_broken_queries() -> None:
+    good = '{service_name="deployer"} | json event="event" | __error__="" | event="deployment.finished"'
+    broken = [
+        '{service_name="deployer" | json',
+        '{service_name="deployer"} | json | event=',
+        'sum by (stack (count_over_time({service_name="deployer"}[5m]))',
+        'count_over_time({service_name="deployer"} [$__unknown])',
+        "",
+    ]
+    errors = logql_errors([good, *broken])
+    assert errors[good] == []
+    assert all(errors[query] for query in broken), errors
 
 
 @pytest.mark.parametrize("name", sorted(YAML_CONFIGS))
@@ -207,6 +375,20 @@ def test_alloy_config_exists_and_ships_to_loki_and_mimir() -> None:
     assert "traefik:8080" in code and "traefik_metrics" in alloy["networks"], "Traefik's metrics, over traefik_metrics"
     for opening, closing in ("{}", "[]", "()"):
         assert code.count(opening) == code.count(closing), f"unbalanced {opening}{closing} in {ALLOY_CONFIG}"
+
+
+def test_alloy_scrapes_the_deployers_metrics_as_job_deployer() -> None:
+    code = "\n".join(
+        line for line in ALLOY_CONFIG.read_text(encoding="utf-8").splitlines() if not line.lstrip().startswith("//")
+    )
+    block = re.search(r'prometheus\.scrape "deployer" \{(.*?)\n\}', code, flags=re.DOTALL)
+    assert block, f'no prometheus.scrape "deployer" in {ALLOY_CONFIG}'
+    body = block.group(1)
+    assert '"__address__" = sys.env("DEPLOYER_METRICS_ADDR"), "job" = "deployer"' in body
+    assert re.search(r'\bmetrics_path\s*=\s*"/metrics"', body)
+    assert re.search(r"\bforward_to\s*=\s*\[prometheus\.remote_write\.mimir\.receiver\]", body)
+    alloy = load_yaml(MONITORING / "compose.yaml")["services"]["alloy"]
+    assert "DEPLOYER_METRICS_ADDR" in alloy["environment"]
 
 
 def test_minio_init_creates_every_bucket_the_monitoring_configs_use() -> None:

@@ -3,11 +3,10 @@
 # (`deployer serve` uses the same settings and also starts the deploy worker, which this does not:
 # run `deployer worker` beside it.) Configuration is read from the DEPLOYER_* environment.
 import os
-from pathlib import Path
 
 from deployer.web.gunicorn_settings import gunicorn_options, prepare_metrics_dir
 
-prepare_metrics_dir(Path(os.environ.get("DEPLOYER_STATE_DIR", ".deployer")))  # /metrics sums every web worker
+prepare_metrics_dir()  # /metrics sums every web worker's counts (a new directory under $TMPDIR per start)
 
 globals().update(
     gunicorn_options(

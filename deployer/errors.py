@@ -133,6 +133,13 @@ class BusyError(DeployerError):
     exit_code = 1
 
 
+class StateUnavailableError(DeployerError):
+    """The state store cannot be written (disk full, read-only, I/O error): nothing is started unrecorded."""
+
+    code = "state_unavailable"
+    exit_code = 1
+
+
 class AuthenticationError(DeployerError):
     """A request to the API or the pages carries no identity that can be believed (401)."""
 

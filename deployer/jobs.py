@@ -17,12 +17,13 @@ import os
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import suppress
 from functools import partial
 
 import git
 import requests
 
-from deployer.errors import DeployerError
+from deployer.errors import ConfigError, DeployerError, StateUnavailableError
 from deployer.intake import submit
 from deployer.model import DeploymentState, Event, Intake, Outcome, Plan, StatusTarget, Told, Trigger, rfc3339
 from deployer.pipeline import BRANCH_TRIGGERS, Deps, Request, SilentProgress, branch_head, converged, deploy
@@ -30,6 +31,7 @@ from deployer.plan.retry import Step, next_step
 from deployer.queue import Claim, Queue, Undelivered
 from deployer.report.forges import POSTERS, GiveUp, Retry
 from deployer.report.loki import LokiClient, ship_batch
+from deployer.report.notify import Notifier
 from deployer.report.statuses import describe_running, describe_superseded
 from deployer.report.targets import status_target, target_url
 from deployer.state import StateStore
@@ -42,6 +44,8 @@ log = logging.getLogger(__name__)
 HEARTBEAT = 5.0
 #: backoff for a status the forge did not take: 2, 4, 8 ... seconds, at most this
 MAX_BACKOFF = 300.0
+#: seconds between tries while the state store cannot be written (disk full, read-only)
+STATE_RETRY = 5.0
 #: backoff while Loki cannot take the audit trail: 1, 2, 4 ... seconds, at most this
 MAX_SHIP_BACKOFF = 60.0
 
@@ -64,35 +68,50 @@ class Worker:
         With polling on, the branch is reconciled at start and every `poll_interval` seconds; with it
         on or off, whenever a retry of a transient failure falls due.
         """
-        resumed = self.queue.requeue_interrupted(
-            told=lambda ids: Told(tuple(Event("deployment.resumed", {"deployment_id": id_, "commit": None,
-                                                                      "reason": "interrupted by a restart"})
-                                        for id_ in ids)))  # fmt: skip
-        if resumed:
-            log.warning("resuming deployments interrupted by a restart: %s", ", ".join(resumed))
         reporter = threading.Thread(target=self._report_forever, args=(stop,), name="statuses", daemon=True)
         reporter.start()
         if self.deps.settings.loki_url:
             threading.Thread(target=self._ship_forever, args=(stop,), name="loki", daemon=True).start()
+        if self.deps.settings.notify_urls:
+            threading.Thread(target=self._notify_forever, args=(stop,), name="notify", daemon=True).start()
         interval = self.deps.settings.poll_interval
         next_poll = time.monotonic() if interval else float("inf")
         next_beat = 0.0
+        resume: str | None = "interrupted by a restart"  # why deployments left running are queued again
         while not stop.is_set():
-            now = time.monotonic()
-            if now >= next_beat:
-                self.heartbeat()
-                next_beat = now + HEARTBEAT
-            due = self.retry_due is not None and time.time() >= self.retry_due
-            if now >= next_poll or due:  # a retry a failed push scheduled is kept with polling off too
-                self.reconcile()
-                next_poll = now + interval if interval else float("inf")
-            claim = self.queue.claim()
-            if claim is None:
-                stop.wait(self.idle_wait)
-                continue
-            self.run_claim(claim)
+            try:
+                if resume is not None:
+                    self._resume(resume)
+                    resume = None
+                now = time.monotonic()
+                if now >= next_beat:
+                    self.heartbeat()
+                    next_beat = now + HEARTBEAT
+                due = self.retry_due is not None and time.time() >= self.retry_due
+                if now >= next_poll or due:  # a retry a failed push scheduled is kept with polling off too
+                    self.reconcile()
+                    next_poll = now + interval if interval else float("inf")
+                claim = self.queue.claim()
+                if claim is None:
+                    stop.wait(self.idle_wait)
+                    continue
+                self.run_claim(claim)
+            except StateUnavailableError as error:
+                # Nothing may start that could not be recorded: wait; what was under way is resumed after.
+                if resume is None:
+                    log.error("no deployment starts until the state store can be written again: %s", error.message)
+                resume = "interrupted: the state store could not be written"
+                stop.wait(STATE_RETRY)
 
         reporter.join(timeout=5)
+
+    def _resume(self, why: str) -> None:
+        """Queue again the deployments left running (a restart, a store that could not be written)."""
+        resumed = self.queue.requeue_interrupted(
+            told=lambda ids: Told(tuple(Event("deployment.resumed", {"deployment_id": id_, "commit": None,
+                                                                      "reason": why}) for id_ in ids)))  # fmt: skip
+        if resumed:
+            log.warning("resuming deployments (%s): %s", why, ", ".join(resumed))
 
     def heartbeat(self) -> None:
         """Tell readiness checks that this worker lives and whether the engine answers."""
@@ -208,33 +227,54 @@ class Worker:
         store = StateStore(settings.state_dir / "state.db")  # its own connection: the deploy thread writes meanwhile
         delay, next_prune = 0.0, 0.0
         while not stop.is_set():
-            if time.monotonic() >= next_prune:  # hourly: what Loki has had for DEPLOYER_AUDIT_RETENTION_DAYS
-                pruned = store.prune_shipped(before=time.time() - settings.audit_retention_days * 86400)
-                if pruned:
-                    log.info("pruned %d audit events shipped over %d days ago", pruned, settings.audit_retention_days)
-                next_prune = time.monotonic() + 3600
             try:
+                if time.monotonic() >= next_prune:  # hourly: what Loki has had for DEPLOYER_AUDIT_RETENTION_DAYS
+                    pruned = store.prune_shipped(before=time.time() - settings.audit_retention_days * 86400)
+                    if pruned:
+                        log.info("pruned %d audit events shipped over %d days ago", pruned,
+                                 settings.audit_retention_days)  # fmt: skip
+                    next_prune = time.monotonic() + 3600
                 shipped = ship_batch(store, client, now_ns=time.time_ns())
                 delay = 0.0
+                self.queue.set_meta("loki", {"ok": True, "error": None, "at": time.time()})
             except Retry as error:
                 delay = min(max(1.0, delay * 2), MAX_SHIP_BACKOFF)
                 log.warning("audit events not shipped to Loki (%s); retrying in %.0fs", error, delay)
-                self.queue.set_meta("loki", {"ok": False, "error": str(error), "at": time.time()})
+                with suppress(StateUnavailableError):
+                    self.queue.set_meta("loki", {"ok": False, "error": str(error), "at": time.time()})
                 stop.wait(delay)
+                continue
+            except StateUnavailableError as error:  # a batch Loki took and that could not be marked: sent again
+                log.warning("audit shipping waits for the state store: %s", error.message)  # (Loki drops the copy)
+                stop.wait(STATE_RETRY)
                 continue
             except Exception:  # the shipper must outlive any one bad batch
                 log.exception("shipping audit events failed")
                 stop.wait(5.0)
                 continue
-            self.queue.set_meta("loki", {"ok": True, "error": None, "at": time.time()})
             if shipped == 0:
                 stop.wait(1.0)
         store.close()
+
+    def _notify_forever(self, stop: threading.Event) -> None:
+        """Tell DEPLOYER_NOTIFY_URLS what the audit trail says (deployer.report.notify), beside deploying:
+        a URL that is down or refuses one is retried there, never in a deployment's way."""
+        store = StateStore(self.deps.settings.state_dir / "state.db")  # its own connection, as the shipper's
+        try:
+            Notifier.from_settings(store, self.deps.settings).run(stop)
+        except ConfigError as error:  # a URL Apprise cannot send to: said in the log and in /readyz
+            log.error("notifications off: %s", error.message)
+            self.queue.set_meta("notify", {"ok": False, "error": error.message, "at": time.time()})
+        finally:
+            store.close()
 
     def _report_forever(self, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
                 self.deliver_statuses()
+            except StateUnavailableError as error:  # a status sent and not marked is sent again: forges keep the last
+                log.warning("status delivery waits for the state store: %s", error.message)
+                stop.wait(STATE_RETRY)
             except Exception:  # the reporter must outlive any one bad status
                 log.exception("status delivery failed")
             stop.wait(1.0)

@@ -243,16 +243,10 @@ class Queue:
             )
 
     def set_meta(self, key: str, value: object) -> None:
-        with self.store.transaction() as db:
-            db.execute(
-                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (key, json.dumps(value)),
-            )
+        self.store.set_meta(key, value)
 
     def meta(self, key: str) -> object:
-        with self.store.read() as db:
-            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else json.loads(row["value"])
+        return self.store.meta(key)
 
 
 def _epoch(stamp: str | None) -> float | None:

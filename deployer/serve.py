@@ -18,7 +18,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from deployer.settings import Settings
-from deployer.web.gunicorn_settings import gunicorn_options, prepare_metrics_dir
+from deployer.web.gunicorn_settings import gunicorn_options, prepare_metrics_dir, remove_metrics_dir
 
 __all__ = ["serve"]
 
@@ -80,7 +80,7 @@ class _DeployWorker:
 
 
 def serve(settings: Settings, *, bind: str) -> int:
-    prepare_metrics_dir(settings.state_dir)  # before the deploy worker starts and the web workers fork
+    metrics = prepare_metrics_dir()  # before the deploy worker starts and the web workers fork
     worker = _DeployWorker()
     worker.start()
     master = os.getpid()
@@ -95,4 +95,5 @@ def serve(settings: Settings, *, bind: str) -> int:
         # would signal it as well and then wait on a lock held at fork time until gunicorn killed it.)
         if os.getpid() == master:
             worker.stop()
+            remove_metrics_dir(metrics)
     return 0

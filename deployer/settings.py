@@ -7,13 +7,14 @@ Compose secrets); the file wins over the plain variable.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from deployer.errors import ConfigError
 
-__all__ = ["DOCKER_PASSTHROUGH", "Settings"]
+__all__ = ["DOCKER_PASSTHROUGH", "NOTIFY_EVENTS", "Settings"]
 
 #: variables that tools need to find their binaries, config and engine; nothing else is inherited
 DOCKER_PASSTHROUGH = (
@@ -44,6 +45,9 @@ _SOPS_PASSTHROUGH = (
     "SOPS_EDITOR",
     "TERM",
 )
+#: what DEPLOYER_NOTIFY_ON may choose (deployer.report.notify says which events tell which)
+NOTIFY_EVENTS = ("failure", "rollback", "recovery", "success")
+_NOTIFY_DEFAULT = frozenset({"failure", "rollback", "recovery"})
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -68,6 +72,10 @@ class Settings:
     loki_token: str | None = field(default=None, repr=False)
     #: days an event shipped to Loki is kept in the local trail (never pruned before it is shipped)
     audit_retention_days: int = 90
+    #: Apprise URLs told of deployments (they hold tokens: logged by scheme only)
+    notify_urls: tuple[str, ...] = field(default=(), repr=False)
+    #: which outcomes they are told of, from NOTIFY_EVENTS
+    notify_on: frozenset[str] = _NOTIFY_DEFAULT
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     authentik_jwks_url: str | None = None
     authentik_issuer: str | None = None
@@ -112,6 +120,8 @@ class Settings:
             loki_password=_secret(environ, "DEPLOYER_LOKI_PASSWORD"),
             loki_token=_secret(environ, "DEPLOYER_LOKI_TOKEN"),
             audit_retention_days=_int(environ, "DEPLOYER_AUDIT_RETENTION_DAYS", 90, minimum=1),
+            notify_urls=_urls(environ, "DEPLOYER_NOTIFY_URLS"),
+            notify_on=_words(environ, "DEPLOYER_NOTIFY_ON", NOTIFY_EVENTS, default=_NOTIFY_DEFAULT),
             trusted_proxies=_networks(environ, "DEPLOYER_TRUSTED_PROXIES"),
             authentik_jwks_url=_get(environ, "DEPLOYER_AUTHENTIK_JWKS_URL"),
             authentik_issuer=_get(environ, "DEPLOYER_AUTHENTIK_ISSUER"),
@@ -200,6 +210,30 @@ def _networks(environ: Mapping[str, str], name: str) -> tuple[ipaddress.IPv4Netw
 def _names(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
     raw = _get(environ, name)
     return tuple(part.strip() for part in raw.split(",") if part.strip()) if raw else ()
+
+
+def _urls(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """URLs separated by commas or white space (the `_FILE` twin may hold one a line), split as Apprise
+    splits them: only before a `scheme://`, so a comma inside a URL (`?to=a@x,b@y`) stays. An error
+    names the entry by its position, never its text: a URL holds a token."""
+    raw = _secret(environ, name)
+    parts = re.split(r"[\s,]+(?=[a-zA-Z0-9]{1,32}://)", raw.strip()) if raw else []
+    urls = tuple(part.strip(", \t\r\n") for part in parts if part.strip(", \t\r\n"))
+    for position, url in enumerate(urls, 1):
+        if not re.match(r"^[a-zA-Z0-9]{1,32}://\S+$", url):
+            raise ConfigError(f"{name}: entry {position} is not a URL (expected scheme://..., as Apprise reads them)")
+    return urls
+
+
+def _words(
+    environ: Mapping[str, str], name: str, choices: tuple[str, ...], *, default: frozenset[str]
+) -> frozenset[str]:
+    raw = _get(environ, name)
+    words = [part.strip().lower() for part in (raw or "").split(",") if part.strip()]
+    for word in words:
+        if word not in choices:
+            raise ConfigError(f"{name}: unknown event {word!r}: expected a comma list of {', '.join(choices)}")
+    return frozenset(words) or default
 
 
 def _pick(environ: Mapping[str, str], names: tuple[str, ...]) -> dict[str, str]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deployer.apply import decrypt_files, run_stacks
-from deployer.errors import DeployerError, EngineError, NotOnBranchError, RefNotFoundError
+from deployer.errors import DeployerError, EngineError, NotOnBranchError, RefNotFoundError, StateUnavailableError
 from deployer.fetch import Mirror
 from deployer.lock import deploy_lock
 from deployer.model import (
@@ -60,7 +60,8 @@ def deploy(
     2; a stack that fails to come up fails the deployment with exit code 1, after unrelated stacks
     finished. Every failure carries a Reason, transient or terminal. An interruption (Ctrl-C,
     SIGTERM turned into an exception) is recorded as an interrupted deployment and re-raised. Its
-    final commit statuses (to `target`) are recorded with its end, in one transaction.
+    final commit statuses (to `target`) are recorded with its end, in one transaction. A state store
+    that cannot be written raises StateUnavailableError: nothing starts that could not be recorded.
     """
     progress = progress or SilentProgress()
     record = Recorder(deps, deployment_id, request, target=target) if deployment_id else Recorder.queued(deps, request)
@@ -68,6 +69,8 @@ def deploy(
         # 1. One deployment at a time per state directory.
         with deploy_lock(deps.settings.state_dir):
             outcome = _deploy_locked(deps, record, request, progress)
+    except StateUnavailableError:
+        raise  # nothing more can be recorded: the deployment stays as last recorded, resumed once it can be
     except DeployerError as error:  # the lock is held: say which commit waits, without fetching
         outcome = record.not_started(error, commit=_known_commit(deps, request))
     except BaseException:

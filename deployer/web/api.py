@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import tempfile
 import time
+from pathlib import Path
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
@@ -19,6 +23,8 @@ api.register_blueprint(manual)  # under the same identity checks as the rest of 
 
 #: the worker is taken for dead when its heartbeat is older than this many seconds
 WORKER_STALE = 30.0
+#: below this much free space in the state directory /readyz says the disk is full
+STATE_DISK_MIN_FREE = 1024 * 1024
 
 
 @api.get("/api/deployments")
@@ -78,6 +84,9 @@ def readyz() -> ResponseReturnValue:
         beat = service.queue.meta("worker")
     except Exception as error:  # noqa: BLE001 -- any store failure means not ready, said in the answer
         return jsonify(status="unready", problems=[f"state store: {error}"]), 503
+    disk = _state_disk_problem(service.settings.state_dir)
+    if disk:
+        problems.append(disk)
     if not (service.settings.state_dir / "mirror.git" / "HEAD").exists():
         problems.append("repository mirror not fetched yet")
     if not isinstance(beat, dict) or time.time() - float(beat.get("at", 0)) > WORKER_STALE:
@@ -89,6 +98,26 @@ def readyz() -> ResponseReturnValue:
     if problems:
         return jsonify(status="unready", problems=problems, warnings=warnings), 503
     return jsonify(status="ready", warnings=warnings)
+
+
+def _state_disk_problem(state_dir: Path) -> str | None:
+    """A state directory that cannot take a write: deliveries get 503 and nothing starts until it can.
+
+    A file is opened there for writing (unnamed: O_TMPFILE), because a filesystem ext4 turned read-only
+    after an I/O error still says `rw` in statvfs; free space comes from statvfs.
+    """
+    try:
+        with tempfile.TemporaryFile(dir=state_dir):
+            pass
+        found = os.statvfs(state_dir)
+    except OSError as error:
+        if error.errno == errno.EROFS:
+            return f"state directory {state_dir} is on a read-only filesystem: nothing can be recorded"
+        return f"state directory {state_dir} cannot be written: {error.strerror}"
+    free = found.f_bavail * found.f_frsize
+    if free < STATE_DISK_MIN_FREE:
+        return f"state directory {state_dir} has {free // 1024} KiB free: recording may fail (disk full)"
+    return None
 
 
 def _shipping_warnings(service: Service) -> list[str]:

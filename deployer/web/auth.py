@@ -17,7 +17,7 @@ from typing import Final
 
 from flask import Flask, Response, current_app, g, request
 
-from deployer.errors import AuthenticationError, AuthorizationError
+from deployer.errors import AuthenticationError, AuthorizationError, StateUnavailableError
 from deployer.model import told
 from deployer.receive.forges import any_delivery_id
 from deployer.settings import Settings
@@ -65,6 +65,17 @@ def _audit_refused_write(response: Response) -> Response:
     if request.method in READ_METHODS or not (400 <= status < 500 or status == 503):
         return response
     code, message = g.get("refusal") or (str(status), response.status)
+    if code == StateUnavailableError.code:
+        return response  # the store cannot take the event either: the log line of the answer says it
+    try:
+        _tell_refused(status, code, message)
+    except StateUnavailableError as error:
+        log.error("request.refused not recorded (%s %s -> %d): %s", request.method, request.path, status,
+                  error.message)  # fmt: skip
+    return response
+
+
+def _tell_refused(status: int, code: str, message: str) -> None:
     if request.path == "/webhook":
         delivery = any_delivery_id(request.headers.get)
         Service.current(current_app).store.tell(told("request.refused", {
@@ -72,9 +83,9 @@ def _audit_refused_write(response: Response) -> Response:
             "delivery_id": delivery[:200] if delivery else None, "peer": request.remote_addr,
             "method": request.method, "path": request.path,
         }))  # fmt: skip
-        return response
+        return
     if request.path in PUBLIC_PATHS:
-        return response
+        return
     identity: Identity | None = g.get("identity") or g.get("attempted")
     claimed = request.headers.get("X-authentik-username")
     Service.current(current_app).store.tell(told("request.refused", {
@@ -84,7 +95,6 @@ def _audit_refused_write(response: Response) -> Response:
         "via": identity.via if identity else None,
         "peer": request.remote_addr, "method": request.method, "path": request.path,
     }))  # fmt: skip
-    return response
 
 
 def current_identity() -> Identity | None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["gunicorn_options", "prepare_metrics_dir"]
+__all__ = ["gunicorn_options", "prepare_metrics_dir", "remove_metrics_dir"]
 
 #: web worker processes; each has its own state-store connection, and none of them deploys
 WORKERS = 2
@@ -22,15 +23,18 @@ GRACEFUL_TIMEOUT = 10
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def prepare_metrics_dir(state_dir: Path) -> Path:
-    """Empty `state_dir`/metrics and point prometheus_client at it: in the master, before any web worker forks
-    and before prometheus_client is imported (it chooses multiprocess mode at import). Counts a previous
-    run left would otherwise add to this run's."""
-    path = state_dir / "metrics"
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True, mode=0o700)
+def prepare_metrics_dir() -> Path:
+    """A new, empty directory for this run's per-worker counts, and prometheus_client pointed at it: in the
+    master, before any web worker forks and before prometheus_client is imported (it chooses multiprocess
+    mode at import). Not in the state directory: a full or read-only state disk must not break a request
+    that only counts. The caller removes it when the service stops."""
+    path = Path(tempfile.mkdtemp(prefix="deployer-metrics-"))
     os.environ[METRICS_ENV] = str(path)
     return path
+
+
+def remove_metrics_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _child_exit(server: Any, worker: Any) -> None:

@@ -63,5 +63,8 @@ def _count(response: Response) -> Response:
         outcome, reason = "ignored", g.get("ignored", "other")
     else:
         outcome, reason = "rejected", _REJECTED.get(status, "other")
-    WEBHOOK_DELIVERIES.labels(str(forge) if forge else "unknown", outcome, reason).inc()
+    try:
+        WEBHOOK_DELIVERIES.labels(str(forge) if forge else "unknown", outcome, reason).inc()
+    except OSError as error:  # its file could not grow (a full /tmp): the delivery's answer matters more
+        log.warning("webhook delivery not counted in /metrics: %s", error)
     return response

@@ -17,6 +17,7 @@ from deployer.errors import (
     PlanError,
     RefNotFoundError,
     SignatureError,
+    StateUnavailableError,
     UnknownStackError,
 )
 from deployer.receive.forges import any_delivery_id
@@ -31,6 +32,7 @@ log = logging.getLogger("deployer.web")
 HTTP_STATUS: Final[dict[type[DeployerError], int]] = {
     SignatureError: 401,
     KeySetUnavailableError: 503,
+    StateUnavailableError: 503,
     AuthenticationError: 401,
     AuthorizationError: 403,
     EventError: 400,
@@ -52,6 +54,10 @@ def _deployer_error(error: DeployerError) -> ResponseReturnValue:
     answer = jsonify(error=error.code, message=error.message)
     if status == 401 and isinstance(error, AuthenticationError):
         answer.headers["WWW-Authenticate"] = 'Bearer realm="deployer"'
+    if isinstance(error, StateUnavailableError):  # the forge shows the 503; nothing was queued or recorded
+        log.error("%s %s: the state store cannot be written, nothing queued: %s", request.method, request.path,
+                  error.message)  # fmt: skip
+        answer.headers["Retry-After"] = "60"
     return answer, status
 
 

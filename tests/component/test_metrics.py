@@ -150,6 +150,7 @@ def test_without_loki_no_audit_shipping_metrics_are_exported(tmp_path: Path) -> 
 
 def test_webhook_deliveries_by_forge_outcome_and_reason(tmp_path: Path) -> None:
     client = app(tmp_path)
+    before = scrape(client)  # the counter lives in this process: other tests' deliveries are in it too
     sent = [
         sign("github", push_payload("github", after="a" * 40), SECRET),
         sign("github", push_payload("github", after="b" * 40, branch="feature"), SECRET),
@@ -163,7 +164,7 @@ def test_webhook_deliveries_by_forge_outcome_and_reason(tmp_path: Path) -> None:
 
     def count(forge: str, outcome: str, reason: str) -> float:
         key = ("deployer_webhook_deliveries_total", (("forge", forge), ("outcome", outcome), ("reason", reason)))
-        return found.get(key, 0.0)
+        return found.get(key, 0.0) - before.get(key, 0.0)
 
     assert count("github", "accepted", "queued") == 1
     assert count("github", "ignored", "other_branch") == 1

@@ -120,7 +120,9 @@ def test_prometheus_scrapes_two_web_workers_and_their_counts_add_up(
     other = sign("gitea", push_payload("gitea", after="f" * 40, branch="feature"), SECRET)
     assert http("POST", f"{served.base}/webhook", body=other.body, headers=other.headers)[0] == 200
     bad_signatures(served, 40)
-    counted = {p.name.split("_")[-1] for p in (served.state / "metrics").glob("counter_*.db")}
+    environ = dict(v.split(b"=", 1) for v in Path(f"/proc/{served.process.pid}/environ").read_bytes().split(b"\0") if v)
+    metrics_dir = Path(environ[b"PROMETHEUS_MULTIPROC_DIR"].decode())
+    counted = {p.name.split("_")[-1] for p in metrics_dir.glob("counter_*.db")}
     assert len(counted) == 2, f"both web workers counted deliveries: {counted}"
 
     prometheus = Prometheus(tmp_path, f"127.0.0.1:{served.port}")
@@ -147,8 +149,9 @@ def test_prometheus_scrapes_two_web_workers_and_their_counts_add_up(
     bad_signatures(served, 10)
     wait_for(lambda: prometheus.value(rejected) == 50, timeout=30, what="50 rejected deliveries after the kill")
 
-    # A restart starts the counts again (the directory is cleared), and never from a stale file.
+    # A restart starts the counts again (a new directory; the old one is removed), never from a stale file.
     served.stop()
+    assert not metrics_dir.exists()
     again = serve()
     answer = urllib.request.urlopen(f"{again.base}/metrics", timeout=5).read().decode()  # noqa: S310 -- loopback
     assert 'reason="signature"' not in answer

@@ -23,8 +23,13 @@ class LokiServer:
         #: (labels, ts, line) -> how many times it was pushed
         self.received: dict[tuple[str, str, str], int] = {}
         self.errors: list[str] = []
-        #: answers to give before working again: status codes (or "stall": hold the request 15 s)
+        #: answers to give before working again: status codes, "stall" (hold the request 15 s, then 503) or
+        #: "take-and-stall" (keep the entries, then hold the answer `stall_seconds`: a kill point between
+        #: Loki having a batch and the deployer knowing it)
         self.script: list[int | str] = []
+        self.stall_seconds = 30.0
+        #: requests held after their entries were kept ("take-and-stall")
+        self.stalled = 0
         self.requests = 0
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -87,6 +92,9 @@ class LokiServer:
                 if scripted == "stall":
                     time.sleep(15)
                     scripted = 503
+                take_and_stall = scripted == "take-and-stall"
+                if take_and_stall:
+                    scripted = None
                 problem = loki._check(self.path, self.headers, raw)
                 if problem:
                     loki.errors.append(problem)
@@ -102,6 +110,9 @@ class LokiServer:
                         for value in stream["values"]:
                             key = (labels, value[0], value[1])
                             loki.received[key] = loki.received.get(key, 0) + 1
+                if take_and_stall:
+                    loki.stalled += 1
+                    time.sleep(loki.stall_seconds)
                 self._answer(204, "")
 
             def _answer(self, status: int, text: str) -> None:

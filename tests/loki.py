@@ -28,6 +28,8 @@ class LokiServer:
         #: Loki having a batch and the deployer knowing it)
         self.script: list[int | str] = []
         self.stall_seconds = 30.0
+        #: what a wrong URL, tenant or token was answered (404, 401), in order
+        self.refused: list[str] = []
         #: requests held after their entries were kept ("take-and-stall")
         self.stalled = 0
         self.requests = 0
@@ -51,15 +53,19 @@ class LokiServer:
         with self._lock:
             return sum(n - 1 for n in self.received.values())
 
-    def _check(self, path: str, headers: Any, raw: bytes) -> str | None:
+    def _refusal(self, path: str, headers: Any) -> tuple[int, str] | None:
+        """What Loki (or the proxy in front of it) answers a wrong URL, tenant or token: 404 or 401."""
         if path != "/loki/api/v1/push":
-            return f"push to {path}"
+            return 404, "404 page not found"
+        if self.tenant is not None and headers.get("X-Scope-OrgID") != self.tenant:
+            return 401, "no org id" if headers.get("X-Scope-OrgID") is None else "unknown tenant"
+        if self.token is not None and headers.get("Authorization") != f"Bearer {self.token}":
+            return 401, "unauthorized"
+        return None
+
+    def _check(self, path: str, headers: Any, raw: bytes) -> str | None:
         if headers.get("Content-Type", "").split(";")[0] != "application/json":
             return f"content type {headers.get('Content-Type')!r}"
-        if self.tenant is not None and headers.get("X-Scope-OrgID") != self.tenant:
-            return f"X-Scope-OrgID {headers.get('X-Scope-OrgID')!r}"
-        if self.token is not None and headers.get("Authorization") != f"Bearer {self.token}":
-            return "no bearer token"
         try:
             body = json.loads(raw)
         except ValueError:
@@ -95,6 +101,11 @@ class LokiServer:
                 take_and_stall = scripted == "take-and-stall"
                 if take_and_stall:
                     scripted = None
+                refusal = loki._refusal(self.path, self.headers)
+                if refusal is not None:
+                    loki.refused.append(refusal[1])
+                    self._answer(*refusal)
+                    return
                 problem = loki._check(self.path, self.headers, raw)
                 if problem:
                     loki.errors.append(problem)

@@ -4,7 +4,8 @@ Each event goes out with the timestamp and line fixed when it was recorded (depl
 stream labelled `service_name="deployer"` and `source="audit"`: commit, stack and ids stay in the
 line. A resend after a crash is therefore the same entry, which Loki drops as a duplicate: the
 shipper marks a batch shipped only after Loki's 2xx, and relies on that for "once in effect".
-Connection errors, timeouts, 429 and 5xx are worth retrying; a 400 is not (Loki says why).
+Connection errors, timeouts, 429, 5xx and a wrong token, tenant or URL (401, 403, 404) are retried;
+a 400 or 413 is not (Loki says why: that batch is set aside).
 """
 
 from __future__ import annotations
@@ -63,16 +64,20 @@ class LokiClient:
         return found
 
     def push(self, events: Sequence[AuditEvent]) -> None:
-        """Send one batch; raise Retry (try later) or GiveUp (Loki refuses it as it is: 4xx but 429)."""
+        """Send one batch; raise Retry (try later) or GiveUp (Loki refuses this batch as it is: 400, 413).
+
+        A 401, 403 or 404 is retried like an outage: the batch is fine, the configuration is not, and the
+        events must ship once the operator fixes it (the problem shows in /readyz, /metrics and the log).
+        """
         try:
             response = self.session.post(self.push_url, json=push_body(events), headers=self.headers(),
                                          timeout=TIMEOUT)  # fmt: skip
         except requests.RequestException as error:
             raise Retry(f"{type(error).__name__}: {error}") from error
-        if response.status_code == 429 or response.status_code >= 500:
-            raise Retry(f"HTTP {response.status_code}: {response.text.strip()[:200]}")
-        if not response.ok:
+        if response.status_code in (400, 413):  # this batch, as it is: Loki says why
             raise GiveUp(f"HTTP {response.status_code}: {response.text.strip()[:300]}")
+        if not response.ok:  # 429, 5xx; and 401, 403, 404: a wrong token, tenant or URL, fixed by the operator
+            raise Retry(f"HTTP {response.status_code}: {response.text.strip()[:200]}")
 
 
 def ship_batch(store: StateStore, client: LokiClient, *, now_ns: int, limit: int = 500) -> int:

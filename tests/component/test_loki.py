@@ -56,6 +56,25 @@ def test_a_loki_that_cannot_take_it_now_keeps_the_events_waiting(
     assert ship_batch(store, client(loki), now_ns=time.time_ns()) == 7
 
 
+@pytest.mark.parametrize(
+    ("url", "tenant", "token", "said"),
+    [("/wrong-prefix", "ops", "loki-token-value", "HTTP 404"), ("", "other", "loki-token-value", "HTTP 401"),
+     ("", "ops", "not-the-token", "HTTP 401"), ("", None, "loki-token-value", "no org id")],
+)  # fmt: skip
+def test_a_wrong_url_tenant_or_token_is_retried_until_the_operator_fixes_it(
+    loki: LokiServer, store: StateStore, url: str, tenant: str | None, token: str, said: str
+) -> None:
+    """The batch is fine, the configuration is not: nothing is set aside, and once fixed everything ships."""
+    wrong = LokiClient(loki.url + url, tenant=tenant, token=token)
+    for _ in range(3):
+        with pytest.raises(Retry, match=said):
+            ship_batch(store, wrong, now_ns=time.time_ns())
+    assert store.shipping()["waiting"] == 7 and store.shipping()["set_aside"] == 0
+    assert len(loki.refused) == 3 and loki.lines() == []
+    assert ship_batch(store, client(loki), now_ns=time.time_ns()) == 7
+    assert len(loki.lines()) == 7
+
+
 def test_an_unreachable_loki_is_a_retry(store: StateStore, loki: LokiServer) -> None:
     loki.close()
     with pytest.raises(Retry, match="ConnectionError"):

@@ -121,10 +121,14 @@ def _state_disk_problem(state_dir: Path) -> str | None:
 
 
 def _shipping_warnings(service: Service) -> list[str]:
-    """What is wrong with shipping the audit trail to Loki: visible here, though deployments go on (ready)."""
-    if not service.settings.loki_url:
-        return []
+    """What is wrong with shipping the audit trail to Loki or sending notifications: visible here, though
+    deployments go on (ready)."""
     found = []
+    notify = service.queue.meta("notify") if service.settings.notify_urls else None
+    if isinstance(notify, dict) and not notify.get("ok"):
+        found.append(f"notifications not sent: {notify.get('error')}")
+    if not service.settings.loki_url:
+        return found
     shipping = service.store.shipping()
     loki = service.queue.meta("loki")
     if isinstance(loki, dict) and not loki.get("ok"):

@@ -183,3 +183,11 @@ def test_metrics_need_no_identity_and_say_when_the_state_store_is_unreadable(tmp
     assert found["deployer_state_store_up", ()] == 0
     assert found["deployer_build_info", (("version", "0.1.0"),)] == 1
     assert not [k for k in found if k[0].startswith("deployer_queue")]
+
+
+def test_failing_notifications_show_in_readyz_and_metrics(tmp_path: Path) -> None:
+    client = app(tmp_path, notify_urls=("json://127.0.0.1:9/hook",))
+    Queue(StateStore(tmp_path / "state.db")).set_meta("notify", {"ok": False, "error": "json: HTTP 500", "at": 1.0})
+    answer = client.get("/readyz").get_json()
+    assert "notifications not sent: json: HTTP 500" in answer["warnings"]
+    assert scrape(client)["deployer_notifications_ok", ()] == 0

@@ -61,6 +61,7 @@ DEPLOYER_METRICS = {
     "deployer_audit_events_oldest_waiting_seconds",
     "deployer_audit_events_set_aside",
     "deployer_audit_shipping_ok",
+    "deployer_notifications_ok",
     "deployer_worker_heartbeat_age_seconds",
     "deployer_state_store_up",
 }

@@ -737,7 +737,7 @@ def reading_text(args: argparse.Namespace, res: Mapping[str, list[dict[str, Any]
     ours, base = res["ours"], res["webhook"]
 
     def median_of(runs: list[dict[str, Any]], key: str) -> float:
-        return statistics.median(r[key] for r in runs)
+        return float(statistics.median(r[key] for r in runs))
 
     rate, base_rate = median_of(ours, "accepted_per_s"), median_of(base, "accepted_per_s")
     cpu, base_cpu = median_of(ours, "server_cpu_ms_per_request"), median_of(base, "server_cpu_ms_per_request")
@@ -997,7 +997,8 @@ def deploy_head(base: str, forge: TimedForge, repo: ConfigRepo) -> dict[str, Any
     head = repo.head()
     code, answer, _ = push(base, before="0" * 39 + "1", after=head)
     assert code == 202, (code, answer)
-    done = wait_for(lambda: _finished(base, answer["deployment_id"]), timeout=180, what="the first deployment")
+    done: dict[str, Any] = wait_for(lambda: _finished(base, answer["deployment_id"]), timeout=180,
+                                    what="the first deployment")  # fmt: skip
     assert done["state"] == "succeeded", done
     wait_for(lambda: forge.latest(head).get("deployer") == "success", timeout=60, what="the first final status")
     return done

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from deployer.errors import StateUnavailableError
 from deployer.model import (
@@ -41,7 +41,15 @@ from deployer.model import (
     rfc3339,
 )
 
-__all__ = ["AuditEvent", "StackRecord", "StateStore", "insert_statuses", "write_told"]
+__all__ = [
+    "DURATION_BUCKETS",
+    "AuditEvent",
+    "StackRecord",
+    "StateStore",
+    "duration_bucket",
+    "insert_statuses",
+    "write_told",
+]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS deployments (
@@ -80,6 +88,7 @@ CREATE TABLE IF NOT EXISTS deployment_stacks (
     output TEXT,
     depends_on TEXT NOT NULL DEFAULT '[]',
     duration_ms INTEGER,
+    duration_bucket INTEGER,
     PRIMARY KEY (deployment_id, name)
 );
 -- Each stack's latest result and the history page's stack filter look up by name.
@@ -162,11 +171,24 @@ _ADDED_COLUMNS = (
     ("stacks", "held_reason", "TEXT"),
     ("status_outbox", "queued_at", "REAL"),
     ("deployment_stacks", "duration_ms", "INTEGER"),
+    ("deployment_stacks", "duration_bucket", "INTEGER"),
+)
+#: the upper bounds (seconds) of the stack deploy duration histogram /metrics exports: a stack is brought up
+#: in a few seconds to several minutes. Each result's bucket (an index into these; len() for above the last)
+#: is stored with it, so a scrape counts rows per bucket from an index instead of comparing each duration.
+DURATION_BUCKETS: Final = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0)
+_BUCKET_SQL = (
+    "CASE "
+    + " ".join(f"WHEN duration_ms <= {round(b * 1000)} THEN {i}" for i, b in enumerate(DURATION_BUCKETS))
+    + f" ELSE {len(DURATION_BUCKETS)} END"
 )
 #: what /metrics reads at every scrape (each stack's results, durations and last success), from the index alone:
 #: the rows themselves carry kilobytes of compose output each
 _AFTER_COLUMNS = """
-CREATE INDEX IF NOT EXISTS deployment_stacks_results ON deployment_stacks (name, state, duration_ms, finished_at);
+DROP INDEX IF EXISTS deployment_stacks_results;
+CREATE INDEX IF NOT EXISTS deployment_stacks_metrics
+    ON deployment_stacks (name, state, duration_bucket, duration_ms, finished_at);
+CREATE INDEX IF NOT EXISTS deployments_by_state_and_trigger ON deployments (state, trigger);
 """
 
 
@@ -187,7 +209,7 @@ class StackRecord:
 class StateStore:
     """One SQLite database in the state directory, safe to use from the executor's threads."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, durable: bool = True) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
@@ -202,11 +224,14 @@ class StateStore:
         fcntl.flock(self._write_lock, fcntl.LOCK_EX)
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
-            # FULL: every commit is on the disk before it returns (the WAL is fsynced), so what was recorded,
-            # and a delivery answered 202, survives power loss or a disk that goes read-only after an I/O
-            # error. NORMAL lost the last few seconds of events there (tests/e2e/test_state_disk.py), for
-            # ~0.4 ms saved per commit (docs/benchmarks.md).
-            self._db.execute("PRAGMA synchronous=FULL")
+            # FULL (`durable`): a commit is on the disk when it returns (the WAL is fsynced), so what was recorded
+            # survives a power loss or a disk that goes read-only after an I/O error; NORMAL lost the last
+            # seconds of events there (tests/e2e/test_state_disk.py). The web workers write with NORMAL: an
+            # fsync per delivery made acknowledgements 0.72x as many per second under 50 senders
+            # (docs/benchmarks.md). Their commits reach the disk with the deploy worker's next one (its
+            # heartbeat: at most 5 s; fsync flushes the whole WAL), and a delivery lost to a power loss in
+            # that window is deployed by the reconcile poll all the same.
+            self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
             self._add_missing_columns()
@@ -225,6 +250,9 @@ class StateStore:
                         " - julianday(started_at)) * 86400000) AS INTEGER) WHERE started_at IS NOT NULL"
                         " AND finished_at IS NOT NULL"
                     )
+                if (table, column) == ("deployment_stacks", "duration_bucket"):
+                    self._db.execute(f"UPDATE deployment_stacks SET duration_bucket = {_BUCKET_SQL}"  # noqa: S608
+                                     " WHERE duration_ms IS NOT NULL")  # fmt: skip
 
     def close(self) -> None:
         self._db.close()
@@ -306,15 +334,15 @@ class StateStore:
 
     def record_stack(self, deployment_id: str, result: StackResult, *, commit: str, told: Told = NOTHING_TOLD) -> None:
         """Record one stack's state; a success moves (or, for a removal, drops) its last good commit."""
+        duration = _duration_ms(result.started_at, result.finished_at)
         with self._tx() as db:
             write_told(db, told)
             db.execute(
                 "UPDATE deployment_stacks SET state = ?, reason = ?, started_at = ?, finished_at = ?,"
-                " error = ?, output = ?, duration_ms = ? WHERE deployment_id = ? AND name = ?",
+                " error = ?, output = ?, duration_ms = ?, duration_bucket = ? WHERE deployment_id = ? AND name = ?",
                 (
                     result.state, result.reason, _stamp(result.started_at), _stamp(result.finished_at),
-                    result.error, result.output, _duration_ms(result.started_at, result.finished_at),
-                    deployment_id, result.name,
+                    result.error, result.output, duration, duration_bucket(duration), deployment_id, result.name,
                 ),
             )  # fmt: skip
             if result.state is not StackState.SUCCEEDED:
@@ -598,6 +626,14 @@ def insert_statuses(db: sqlite3.Connection, target: StatusTarget, statuses: Sequ
             for deployment_id, s in statuses
         ],
     )  # fmt: skip
+
+
+def duration_bucket(duration_ms: int | None) -> int | None:
+    """The DURATION_BUCKETS index a duration falls in (len(DURATION_BUCKETS): above the last), None without one."""
+    if duration_ms is None:
+        return None
+    return next((i for i, bound in enumerate(DURATION_BUCKETS) if duration_ms <= round(bound * 1000)),
+                len(DURATION_BUCKETS))  # fmt: skip
 
 
 def _duration_ms(started: float | None, finished: float | None) -> int | None:

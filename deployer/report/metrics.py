@@ -18,6 +18,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
 
@@ -28,16 +29,14 @@ from prometheus_client.registry import Collector
 
 from deployer import __version__
 from deployer.model import DeploymentState, StackState
-from deployer.state import StateStore
+from deployer.state import DURATION_BUCKETS, StateStore
 
 __all__ = [
     "CONTENT_TYPE",
     "DURATION_BUCKETS",
     "MULTIPROC_ENV",
     "WEBHOOK_DELIVERIES",
-    "StateCollector",
-    "registry",
-    "render",
+    "Metrics",
 ]
 
 log = logging.getLogger("deployer.metrics")
@@ -45,8 +44,6 @@ log = logging.getLogger("deployer.metrics")
 #: set by deployer.web.gunicorn_settings before the web workers fork (prometheus_client reads it at import)
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
-#: seconds: a stack is brought up in a few seconds to several minutes (health checks wait up to 10)
-DURATION_BUCKETS: Final = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0)
 _FINISHED: Final = (DeploymentState.SUCCEEDED, DeploymentState.FAILED, DeploymentState.SUPERSEDED)
 #: stack results that ran compose, and so have a duration
 _RAN: Final = (StackState.SUCCEEDED, StackState.FAILED, StackState.ROLLED_BACK)
@@ -62,45 +59,87 @@ WEBHOOK_DELIVERIES: Final = Counter(
 )
 
 
-def registry(store: StateStore, *, shipping: bool) -> CollectorRegistry:
-    """What one web worker answers a scrape with: the state store's view and every worker's counters."""
-    found = CollectorRegistry(auto_describe=False)
-    if os.environ.get(MULTIPROC_ENV):
-        MultiProcessCollector(found)  # type: ignore[no-untyped-call]
-    else:
-        found.register(WEBHOOK_DELIVERIES)
-    found.register(StateCollector(store, shipping=shipping))
-    return found
+class Metrics:
+    """What one web worker answers a scrape with: every worker's counters, the state store's live values,
+    and its history (deployments and stack results), kept rendered between scrapes.
 
-
-def render(target: CollectorRegistry) -> bytes:
-    return generate_latest(target)
-
-
-class StateCollector(Collector):
-    """Metrics read from the state store at scrape time: the same whichever web worker answers.
-
-    With `shipping` (DEPLOYER_LOKI_URL set), how shipping the audit trail to Loki stands.
+    Every change to a deployment or a stack result is recorded with its audit event (deployer.state), so
+    the last event id says whether the history changed, and the events since say which stacks did: only
+    those are read again. With `shipping` (DEPLOYER_LOKI_URL set), how shipping to Loki stands.
     """
 
     def __init__(self, store: StateStore, *, shipping: bool) -> None:
         self.store = store
-        self.shipping = shipping
-        #: the history's metrics and the last audit event id they were read at: every change to a deployment or
-        #: a stack result is recorded with its event (deployer.state), so an unchanged id means unchanged history
-        self._history: tuple[int, list[Metric]] = (-1, [])
+        self.live = CollectorRegistry(auto_describe=False)
+        if os.environ.get(MULTIPROC_ENV):
+            MultiProcessCollector(self.live)  # type: ignore[no-untyped-call]
+        else:
+            self.live.register(WEBHOOK_DELIVERIES)
+        self.live.register(_Live(self, shipping=shipping))
+        self._seen = -1  # the last audit event id the history was read at
+        self._stacks: dict[str, _StackTotals] = {}
+        self._history = b""
+        self._up = False
+
+    def render(self) -> bytes:
+        """The exposition: the live part now (it says whether the store answered), then the history."""
+        try:
+            with self.store.read() as db:
+                self._read_history(db)
+            self._up = True
+        except sqlite3.Error as error:
+            log.warning("metrics: state store unreadable: %s", error)
+            self._up = False
+        live = generate_latest(self.live)
+        return live + self._history if self._up else live
+
+    def _read_history(self, db: sqlite3.Connection) -> None:
+        (last,) = db.execute("SELECT COALESCE(MAX(id), 0) FROM audit_events").fetchone()
+        if last == self._seen:
+            return
+        if self._seen < 0:
+            self._stacks = _stack_totals(db, None)
+        else:
+            since = db.execute(
+                "SELECT DISTINCT stack FROM audit_events WHERE id > ? AND stack IS NOT NULL", (self._seen,)
+            )
+            changed = [row[0] for row in since]
+            if changed:
+                fresh = _stack_totals(db, changed)
+                for name in changed:
+                    self._stacks.pop(name, None)
+                self._stacks.update(fresh)
+        history = CollectorRegistry(auto_describe=False)
+        history.register(_Families([_deployments(db), *_stack_families(self._stacks)]))
+        self._history, self._seen = generate_latest(history), last
+
+
+class _Families(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.families
+
+
+class _Live(Collector):
+    """The values that change without an event, read at every scrape."""
+
+    def __init__(self, owner: Metrics, *, shipping: bool) -> None:
+        self.owner, self.shipping = owner, shipping
 
     def collect(self) -> Iterator[Metric]:
         info = GaugeMetricFamily("deployer_build_info", "The deployer's version", labels=["version"])
         info.add_metric([__version__], 1.0)
         yield info
         up = GaugeMetricFamily("deployer_state_store_up", "1 when the state store answered this scrape")
+        if not self.owner._up:
+            up.add_metric([], 0.0)
+            yield up
+            return
         try:
-            with self.store.read() as db:
-                (last_event,) = db.execute("SELECT COALESCE(MAX(id), 0) FROM audit_events").fetchone()
-                if last_event != self._history[0]:
-                    self._history = (last_event, [*_history(db)])
-                found = [*self._history[1], *_outboxes(db, now=time.time(), shipping=self.shipping)]
+            with self.owner.store.read() as db:
+                found = list(_outboxes(db, now=time.time(), shipping=self.shipping))
         except sqlite3.Error as error:
             log.warning("metrics: state store unreadable: %s", error)
             up.add_metric([], 0.0)
@@ -111,20 +150,18 @@ class StateCollector(Collector):
         yield from found
 
 
-def _history(db: sqlite3.Connection) -> Iterable[Metric]:
-    """What the deployments and stack results say: read again only when something was recorded."""
+def _deployments(db: sqlite3.Connection) -> Metric:
     deployments = CounterMetricFamily(
         "deployer_deployments", "Finished deployments by trigger and result", labels=["trigger", "result"]
     )
     finished = ",".join("?" * len(_FINISHED))
     for row in db.execute(
-        f"SELECT trigger, state, COUNT(*) FROM deployments WHERE state IN ({finished}) GROUP BY trigger, state",  # noqa: S608
+        "SELECT trigger, state, COUNT(*) FROM deployments INDEXED BY deployments_by_state_and_trigger"  # noqa: S608
+        f" WHERE state IN ({finished}) GROUP BY state, trigger",
         [str(s) for s in _FINISHED],
     ):
         deployments.add_metric([row[0], row[1]], row[2])
-    yield deployments
-
-    yield from _stacks(db)
+    return deployments
 
 
 def _outboxes(db: sqlite3.Connection, *, now: float, shipping: bool) -> Iterable[Metric]:
@@ -163,47 +200,58 @@ def _outboxes(db: sqlite3.Connection, *, now: float, shipping: bool) -> Iterable
             yield _gauge(name, f"1 when {what} succeeded", 1.0 if ok else 0.0)
 
 
-def _stacks(db: sqlite3.Connection) -> Iterable[Metric]:
-    """Each stack's results, durations and last success, in one pass over the index that holds them."""
-    bucket = " ".join(f"WHEN duration_ms <= {round(bound * 1000)} THEN {i}" for i, bound in enumerate(DURATION_BUCKETS))
-    rows = db.execute(
-        f"SELECT name, state, CASE {bucket} ELSE {len(DURATION_BUCKETS)} END AS bucket, COUNT(*), SUM(duration_ms),"  # noqa: S608 -- constants only
-        " MAX(finished_at) FROM deployment_stacks INDEXED BY deployment_stacks_results"
-        " WHERE state NOT IN ('pending', 'running') GROUP BY name, state, bucket"
-    ).fetchall()
-    results: dict[tuple[str, str], int] = {}
-    durations: dict[str, list[float]] = {}  # per stack: counts in each bucket, then the sum in ms
-    last: dict[str, str] = {}
-    for name, state, index, n, total_ms, finished in rows:
-        results[name, state] = results.get((name, state), 0) + n
-        if state in _RAN and total_ms is not None:
-            found = durations.setdefault(name, [0.0] * (len(DURATION_BUCKETS) + 2))
-            found[index] += n
-            found[-1] += total_ms
-        if state == StackState.SUCCEEDED and finished is not None and finished > last.get(name, ""):
-            last[name] = finished
+@dataclass
+class _StackTotals:
+    """One stack's results by state, its durations by bucket (then their sum in ms), its last success."""
 
+    results: dict[str, int] = field(default_factory=dict)
+    buckets: list[float] = field(default_factory=lambda: [0.0] * (len(DURATION_BUCKETS) + 2))
+    ran: bool = False
+    last_success: str = ""
+
+
+def _stack_totals(db: sqlite3.Connection, names: list[str] | None) -> dict[str, _StackTotals]:
+    """The totals of the stacks named (all when None), from the index that holds them."""
+    where, args = ("", []) if names is None else (f" AND name IN ({','.join('?' * len(names))})", names)
+    rows = db.execute(
+        "SELECT name, state, duration_bucket, COUNT(*), SUM(duration_ms), MAX(finished_at)"  # noqa: S608
+        " FROM deployment_stacks INDEXED BY deployment_stacks_metrics"
+        f" WHERE state NOT IN ('pending', 'running'){where} GROUP BY name, state, duration_bucket",
+        args,
+    ).fetchall()
+    found: dict[str, _StackTotals] = {}
+    for name, state, index, n, total_ms, finished in rows:
+        totals = found.setdefault(name, _StackTotals())
+        totals.results[state] = totals.results.get(state, 0) + n
+        if state in _RAN and index is not None:
+            totals.buckets[index] += n
+            totals.buckets[-1] += total_ms
+            totals.ran = True
+        if state == StackState.SUCCEEDED and finished is not None and finished > totals.last_success:
+            totals.last_success = finished
+    return found
+
+
+def _stack_families(stacks: dict[str, _StackTotals]) -> Iterable[Metric]:
     duration = HistogramMetricFamily(
         "deployer_stack_deploy_duration_seconds", "Wall time of each stack deploy that ran", labels=["stack"]
     )
-    for name in sorted(durations):
-        *counts, total_ms = durations[name]
-        cumulative = list(itertools.accumulate(counts))
-        buckets = [(_le(bound), cumulative[i]) for i, bound in enumerate(DURATION_BUCKETS)]
-        duration.add_metric([name], [*buckets, ("+Inf", cumulative[-1])], sum_value=total_ms / 1000)
-    yield duration
-
     counted = CounterMetricFamily("deployer_stack_deployments", "Stack results by stack", labels=["stack", "result"])
-    for (name, state), n in sorted(results.items()):
-        counted.add_metric([name, state], n)
-    yield counted
-
     success = GaugeMetricFamily(
         "deployer_stack_last_success_timestamp_seconds", "When each stack last deployed successfully", labels=["stack"]
     )
-    for name in sorted(last):
-        success.add_metric([name], _epoch(last[name]))
-    yield success
+    for name in sorted(stacks):
+        totals = stacks[name]
+        if totals.ran:
+            *counts, total_ms = totals.buckets
+            cumulative = list(itertools.accumulate(counts))
+            buckets = [(_le(bound), cumulative[i]) for i, bound in enumerate(DURATION_BUCKETS)]
+            duration.add_metric([name], [*buckets, ("+Inf", cumulative[-1])], sum_value=total_ms / 1000)
+        for state, n in sorted(totals.results.items()):
+            counted.add_metric([name, state], n)
+        if totals.last_success:
+            success.add_metric([name], _epoch(totals.last_success))
+    return duration, counted, success
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

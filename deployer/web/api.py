@@ -67,7 +67,7 @@ def branch() -> ResponseReturnValue:
 @api.get("/metrics")
 def metrics() -> ResponseReturnValue:
     """Prometheus text format: the state store read now, and every web worker's counters (deployer.report.metrics)."""
-    return Response(metrics_.render(Service.current(current_app).metrics), content_type=metrics_.CONTENT_TYPE)
+    return Response(Service.current(current_app).metrics.render(), content_type=metrics_.CONTENT_TYPE)
 
 
 @api.get("/healthz")

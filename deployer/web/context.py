@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from flask import Flask
-from prometheus_client import CollectorRegistry
 
 from deployer.intake import submit
 from deployer.model import Intake, Trigger
@@ -26,13 +25,13 @@ class Service:
     settings: Settings
     store: StateStore
     queue: Queue
-    metrics: CollectorRegistry
+    metrics: metrics.Metrics
     _known: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(cls, settings: Settings) -> Service:
-        store = StateStore(settings.state_dir / "state.db")
-        return cls(settings, store, Queue(store), metrics.registry(store, shipping=bool(settings.loki_url)))
+        store = StateStore(settings.state_dir / "state.db", durable=False)  # deliveries: see StateStore
+        return cls(settings, store, Queue(store), metrics.Metrics(store, shipping=bool(settings.loki_url)))
 
     def attach(self, app: Flask) -> None:
         app.extensions[_KEY] = self

@@ -70,6 +70,7 @@ class ForgeServer:
     @property
     def api_url(self) -> str:
         host, port = self._server.server_address[:2]
+        assert isinstance(host, str)
         base = f"http://{host}:{port}"
         return {"github": base, "gitlab": f"{base}/api/v4"}.get(self.forge, f"{base}/api/v1")
 

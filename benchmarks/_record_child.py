@@ -75,6 +75,9 @@ class NoBackend:
     def down(self, name: str) -> str:
         return ""
 
+    def images(self, name: object) -> dict[str, str]:
+        return {}
+
     def ping(self) -> str | None:
         return None
 

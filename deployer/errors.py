@@ -133,6 +133,19 @@ class BusyError(DeployerError):
     exit_code = 1
 
 
+class RolledBackError(DeployerError):
+    """A stack that failed was brought back to its last good commit: `cause` is why it failed."""
+
+    code = "rolled_back"
+    exit_code = 1
+
+    def __init__(self, message: str, *, cause: DeployerError, commit: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+        self.commit = commit
+        self.output = getattr(cause, "output", None)
+
+
 class StateUnavailableError(DeployerError):
     """The state store cannot be written (disk full, read-only, I/O error): nothing is started unrecorded."""
 

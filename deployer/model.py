@@ -182,6 +182,10 @@ class StackResult:
     output: str | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    #: the image each service ran (service, image id), recorded when the stack succeeded: what a rollback pins
+    images: tuple[tuple[str, str], ...] = ()
+    #: the last good commit a failed stack was brought back to
+    rolled_back_to: str | None = None
 
     @property
     def duration(self) -> float | None:

@@ -89,6 +89,8 @@ class Settings:
     insecure_open_api: bool = False
     poll_interval: int = 300
     prune: bool = False
+    #: bring a stack that fails at `up` or its health wait back to its last good commit and images
+    rollback: bool = True
     max_parallel: int = 4
     max_body: int = 1024 * 1024
     #: environment handed to `docker` and `docker compose` (secrets are added per stack)
@@ -132,6 +134,7 @@ class Settings:
             insecure_open_api=_bool(environ, "DEPLOYER_INSECURE_OPEN_API", default=False),
             poll_interval=_int(environ, "DEPLOYER_POLL_INTERVAL", 300, minimum=0),
             prune=_bool(environ, "DEPLOYER_PRUNE", default=False),
+            rollback=_bool(environ, "DEPLOYER_ROLLBACK", default=True),
             max_parallel=_int(environ, "DEPLOYER_MAX_PARALLEL", 4, minimum=1),
             max_body=_int(environ, "DEPLOYER_MAX_BODY", 1024 * 1024, minimum=1),
             docker_env=_pick(environ, DOCKER_PASSTHROUGH),

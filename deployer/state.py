@@ -89,6 +89,8 @@ CREATE TABLE IF NOT EXISTS deployment_stacks (
     depends_on TEXT NOT NULL DEFAULT '[]',
     duration_ms INTEGER,
     duration_bucket INTEGER,
+    images TEXT,
+    rolled_back_to TEXT,
     PRIMARY KEY (deployment_id, name)
 );
 -- Each stack's latest result and the history page's stack filter look up by name.
@@ -101,7 +103,8 @@ CREATE TABLE IF NOT EXISTS stacks (
     depends_on TEXT NOT NULL DEFAULT '[]',
     held_commit TEXT,
     held_actor TEXT,
-    held_reason TEXT
+    held_reason TEXT,
+    images TEXT
 );
 CREATE TABLE IF NOT EXISTS deliveries (
     forge TEXT NOT NULL,
@@ -172,6 +175,9 @@ _ADDED_COLUMNS = (
     ("status_outbox", "queued_at", "REAL"),
     ("deployment_stacks", "duration_ms", "INTEGER"),
     ("deployment_stacks", "duration_bucket", "INTEGER"),
+    ("deployment_stacks", "images", "TEXT"),
+    ("deployment_stacks", "rolled_back_to", "TEXT"),
+    ("stacks", "images", "TEXT"),
 )
 #: the upper bounds (seconds) of the stack deploy duration histogram /metrics exports: a stack is brought up
 #: in a few seconds to several minutes. Each result's bucket (an index into these; len() for above the last)
@@ -335,14 +341,17 @@ class StateStore:
     def record_stack(self, deployment_id: str, result: StackResult, *, commit: str, told: Told = NOTHING_TOLD) -> None:
         """Record one stack's state; a success moves (or, for a removal, drops) its last good commit."""
         duration = _duration_ms(result.started_at, result.finished_at)
+        images = json.dumps(dict(result.images)) if result.images else None
         with self._tx() as db:
             write_told(db, told)
             db.execute(
                 "UPDATE deployment_stacks SET state = ?, reason = ?, started_at = ?, finished_at = ?,"
-                " error = ?, output = ?, duration_ms = ?, duration_bucket = ? WHERE deployment_id = ? AND name = ?",
+                " error = ?, output = ?, duration_ms = ?, duration_bucket = ?, images = ?, rolled_back_to = ?"
+                " WHERE deployment_id = ? AND name = ?",
                 (
                     result.state, result.reason, _stamp(result.started_at), _stamp(result.finished_at),
-                    result.error, result.output, duration, duration_bucket(duration), deployment_id, result.name,
+                    result.error, result.output, duration, duration_bucket(duration), images, result.rolled_back_to,
+                    deployment_id, result.name,
                 ),
             )  # fmt: skip
             if result.state is not StackState.SUCCEEDED:
@@ -351,12 +360,20 @@ class StateStore:
                 db.execute("DELETE FROM stacks WHERE name = ?", (result.name,))
             else:
                 db.execute(
-                    "INSERT INTO stacks (name, last_good_commit, deployed_at, deployment_id, depends_on)"
-                    " SELECT ?, ?, ?, ?, depends_on FROM deployment_stacks WHERE deployment_id = ? AND name = ?"
+                    "INSERT INTO stacks (name, last_good_commit, deployed_at, deployment_id, depends_on, images)"
+                    " SELECT ?, ?, ?, ?, depends_on, ? FROM deployment_stacks WHERE deployment_id = ? AND name = ?"
                     " ON CONFLICT(name) DO UPDATE SET last_good_commit = excluded.last_good_commit,"
                     " deployed_at = excluded.deployed_at, deployment_id = excluded.deployment_id,"
-                    " depends_on = excluded.depends_on",
-                    (result.name, commit, rfc3339(result.finished_at), deployment_id, deployment_id, result.name),
+                    " depends_on = excluded.depends_on, images = excluded.images",
+                    (
+                        result.name,
+                        commit,
+                        rfc3339(result.finished_at),
+                        deployment_id,
+                        images,
+                        deployment_id,
+                        result.name,
+                    ),
                 )
 
     def finish_deployment(self, deployment_id: str, outcome: Outcome, *, told: Told = NOTHING_TOLD) -> None:
@@ -508,6 +525,13 @@ class StateStore:
         return {r["name"]: {"commit": r["held_commit"], "actor": r["held_actor"], "reason": r["held_reason"]}
                 for r in rows}  # fmt: skip
 
+    def images(self, name: str) -> dict[str, str]:
+        """The image id each service of `name` ran at its last good commit ({} when not recorded)."""
+        with self._lock:
+            row = self._db.execute("SELECT images FROM stacks WHERE name = ?", (name,)).fetchone()
+        found: dict[str, str] = json.loads(row["images"]) if row is not None and row["images"] else {}
+        return found
+
     def last_good(self) -> dict[str, str]:
         """Each deployed stack's last successfully deployed commit."""
         with self._lock:
@@ -570,7 +594,8 @@ class StateStore:
                 {
                     "name": s["name"], "action": s["action"], "reasons": json.loads(s["reasons"]),
                     "state": s["state"], "started_at": s["started_at"], "finished_at": s["finished_at"],
-                    "error": s["error"], **({"output": s["output"]} if with_output else {}),
+                    "error": s["error"], **({"rolled_back_to": s["rolled_back_to"]} if s["rolled_back_to"] else {}),
+                    **({"output": s["output"]} if with_output else {}),
                 }
                 for s in stacks
             ],

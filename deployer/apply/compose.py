@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
+import yaml
+
 from deployer.apply.secrets import redact
 from deployer.errors import ComposeError, ComposeInvalidError, HealthCheckError
 from deployer.interpolation import interpolate, stack_env_file
@@ -34,13 +36,21 @@ class StackBackend(Protocol):
         """Raise ComposeInvalidError unless the engine's tooling accepts the stack."""
         ...
 
-    def up(self, stack: Stack, *, workdir: Path, env: Mapping[str, str], force: bool = False) -> str:
+    def up(
+        self, stack: Stack, *, workdir: Path, env: Mapping[str, str], force: bool = False,
+        images: Mapping[str, str] | None = None,
+    ) -> str:  # fmt: skip
         """Bring the stack to its declared state and wait for health; return the output.
 
-        `force` recreates its containers even when nothing about them changed.
+        `force` recreates its containers even when nothing about them changed; `images` (service: image
+        id) runs those services on exactly those images whatever their tags say now (a rollback).
 
         Raises ComposeError (or HealthCheckError) with the output tail attached.
         """
+        ...
+
+    def images(self, name: StackName) -> dict[str, str]:
+        """The image id each service of the running stack `name` runs on."""
         ...
 
     def down(self, name: StackName) -> str:
@@ -62,10 +72,11 @@ def compose_base_argv(stack: Stack, workdir: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def compose_up_argv(stack: Stack, workdir: Path, *, force: bool = False) -> list[str]:
+def compose_up_argv(stack: Stack, workdir: Path, *, force: bool = False, override: Path | None = None) -> list[str]:
     wait = ["--wait", "--wait-timeout", str(stack.wait_timeout)] if stack.wait_timeout else []
     recreate = ["--force-recreate"] if force else []
-    return [*compose_base_argv(stack, workdir), "up", "--detach", "--remove-orphans", *recreate, *wait]
+    pinned = ["--file", str(override)] if override is not None else []
+    return [*compose_base_argv(stack, workdir), *pinned, "up", "--detach", "--remove-orphans", *recreate, *wait]
 
 
 class ComposeBackend:
@@ -82,20 +93,42 @@ class ComposeBackend:
                 f"{stack.compose_file}: docker compose config rejected it: {_last_line(result, env)}"
             )
 
-    def up(self, stack: Stack, *, workdir: Path, env: Mapping[str, str], force: bool = False) -> str:
+    def up(
+        self, stack: Stack, *, workdir: Path, env: Mapping[str, str], force: bool = False,
+        images: Mapping[str, str] | None = None,
+    ) -> str:  # fmt: skip
         for network in stack.networks:
             self._ensure_network(stack, network)
         variables = {**stack.variables, **stack_env_file(workdir / stack.folder), **env}
         for directory in stack.directories:
             _ensure_directory(stack, directory, variables)
         timeout = stack.wait_timeout + _UP_GRACE if stack.wait_timeout else 30 * 60
-        result = self._run(compose_up_argv(stack, workdir, force=force), env, stack=stack, timeout=timeout)
+        override = _pin_images(workdir / stack.folder, images) if images else None
+        try:
+            argv = compose_up_argv(stack, workdir, force=force, override=override)
+            result = self._run(argv, env, stack=stack, timeout=timeout)
+        finally:
+            if override is not None:
+                override.unlink(missing_ok=True)
         output = _tail(result, env)
         if result.ok:
             return output
         error = HealthCheckError if any(m in output for m in _HEALTH_MARKERS) else ComposeError
         what = "did not become healthy" if error is HealthCheckError else "compose up failed"
         raise error(f"{stack.compose_file}: {what}: {_last_line(result, env)}", output=output)
+
+    def images(self, name: StackName) -> dict[str, str]:
+        found = self.runner.run(["docker", "ps", "--filter", f"label=com.docker.compose.project={name}", "--format",
+                                 "{{.ID}}"], env=self.docker_env, timeout=30)  # fmt: skip
+        ids = found.stdout.split() if found.ok else []
+        if not ids:
+            return {}
+        inspected = self.runner.run(["docker", "inspect", "--format",
+                                     '{{index .Config.Labels "com.docker.compose.service"}} {{.Image}}', *ids],
+                                    env=self.docker_env, timeout=30)  # fmt: skip
+        if not inspected.ok:
+            return {}
+        return dict(line.split(" ", 1) for line in inspected.stdout.splitlines() if " " in line)
 
     def down(self, name: StackName) -> str:
         argv = ["docker", "compose", "--ansi", "never", "--project-name", name, "down", "--remove-orphans"]
@@ -130,6 +163,13 @@ class ComposeBackend:
         )
         if not created.ok and "already exists" not in created.stderr:
             raise ComposeError(f"{stack.compose_file}: cannot create network {name}: {_last_line(created, {})}")
+
+
+def _pin_images(folder: Path, images: Mapping[str, str]) -> Path:
+    """A compose override beside the stack's file naming each service's image id (no secret in it)."""
+    path = folder / ".deployer-images.yaml"
+    path.write_text(yaml.safe_dump({"services": {service: {"image": image} for service, image in images.items()}}))
+    return path
 
 
 def _ensure_directory(stack: Stack, directory: Directory, variables: Mapping[str, str]) -> None:

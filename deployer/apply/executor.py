@@ -1,8 +1,9 @@
 """Run planned stacks in dependency order, each as soon as its own dependencies have succeeded.
 
 This knows nothing of compose or git: it schedules a `work` function over a graph, at most
-`max_parallel` at a time, turns exceptions into FAILED results, and marks the dependents of a
-failure SKIPPED (not failed) while unrelated stacks carry on.
+`max_parallel` at a time, turns exceptions into FAILED results (ROLLED_BACK when the work brought the
+stack back: RolledBackError), and marks the dependents of a stack that did not succeed SKIPPED (not
+failed) while unrelated stacks carry on.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from graphlib import TopologicalSorter
 
-from deployer.errors import DeployerError
+from deployer.errors import DeployerError, RolledBackError
 from deployer.model import PlannedStack, Reason, StackName, StackResult, StackState
 from deployer.reasons import reason_for
 
@@ -70,6 +71,16 @@ def run_stacks(
 def _attempt(work: Work, planned: PlannedStack, started: StackResult) -> StackResult:
     try:
         output = work(planned)
+    except RolledBackError as error:  # failed, and brought back to its last good commit
+        return replace(
+            started,
+            state=StackState.ROLLED_BACK,
+            reason=reason_for(error.cause),
+            error=error.message,
+            output=error.output or None,
+            finished_at=time.time(),
+            rolled_back_to=error.commit,
+        )
     except DeployerError as error:
         return replace(
             started,

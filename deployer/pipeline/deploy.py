@@ -6,11 +6,18 @@ import re
 import time
 from collections.abc import Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from deployer.apply import decrypt_files, run_stacks
-from deployer.errors import DeployerError, EngineError, NotOnBranchError, RefNotFoundError, StateUnavailableError
+from deployer.errors import (
+    ComposeError,
+    DeployerError,
+    EngineError,
+    NotOnBranchError,
+    RefNotFoundError,
+    StateUnavailableError,
+)
 from deployer.fetch import Mirror
 from deployer.lock import deploy_lock
 from deployer.model import (
@@ -26,6 +33,7 @@ from deployer.model import (
     StatusTarget,
 )
 from deployer.pipeline.record import Recorder
+from deployer.pipeline.rollback import roll_back
 from deployer.pipeline.wiring import Deps, Progress, Request, SilentProgress
 from deployer.plan import load_catalog, make_plan
 from deployer.reasons import reason_for
@@ -273,15 +281,24 @@ def _apply(
 ) -> tuple[StackResult, ...]:
     plan, catalog, envs = prepared.plan, prepared.catalog, prepared.envs
     worktrees = deps.settings.state_dir / "stacks"
+    good = deps.store.last_good()
+    images: dict[str, tuple[tuple[str, str], ...]] = {}  # what each stack that came up runs (what a rollback pins)
 
     def bring_up(planned: PlannedStack) -> str:
         workdir = mirror.checkout(plan.target, worktrees / planned.name)
-        return deps.backend.up(catalog[planned.name], workdir=workdir, env=envs[planned.name], force=force)
+        try:
+            output = deps.backend.up(catalog[planned.name], workdir=workdir, env=envs[planned.name], force=force)
+        except ComposeError as error:  # at `up` or its health wait: back to the last good commit, or say why not
+            roll_back(deps, record, mirror, planned.name, error, good=good.get(planned.name))
+        images[planned.name] = tuple(sorted(deps.backend.images(planned.name).items()))
+        return output
 
     def take_down(planned: PlannedStack) -> str:
         return deps.backend.down(planned.name)
 
     def on_change(result: StackResult) -> None:
+        if result.state is StackState.SUCCEEDED and result.name in images:
+            result = replace(result, images=images[result.name])
         record.stack(result, commit=plan.target)
         progress.stack(result)
 
@@ -294,7 +311,7 @@ def _apply(
 
 def _failure_reason(deps: Deps, results: tuple[StackResult, ...]) -> Reason | None:
     """Why the deployment failed: the first failed stack's reason, unless the engine has gone away since."""
-    failed = [r for r in results if r.state is StackState.FAILED]
+    failed = [r for r in results if r.state in (StackState.FAILED, StackState.ROLLED_BACK)]
     if not failed:
         return None
     if any(r.reason in TRANSIENT for r in failed):

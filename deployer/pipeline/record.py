@@ -77,7 +77,7 @@ class Recorder:
             duration = None if result.duration is None else round(result.duration * 1000)
             event = self._event(f"stack.{result.state}", commit, stack=result.name, action=result.action,
                                 result=str(result.state), duration_ms=duration, reason=result.reason,
-                                error=result.error)  # fmt: skip
+                                error=result.error, rolled_back_to=result.rolled_back_to)  # fmt: skip
         self.deps.store.record_stack(self.deployment_id, result, commit=commit, told=event)
 
     def release_held(self, *, commit: str) -> list[str]:

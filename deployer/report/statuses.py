@@ -58,6 +58,8 @@ def stack_state(result: StackResult) -> StatusState:
     """`error` if the stack was never tried (bad input, or a dependency failed), `failure` if it ran and failed."""
     if result.state is StackState.SUCCEEDED:
         return StatusState.SUCCESS
+    if result.state is StackState.ROLLED_BACK:
+        return StatusState.FAILURE
     if result.state is StackState.FAILED and result.reason in (Reason.COMPOSE_FAILED, Reason.HEALTH_CHECK_FAILED):
         return StatusState.FAILURE
     return StatusState.ERROR
@@ -85,7 +87,9 @@ def _results_text(outcome: Outcome) -> str:
         return "nothing to deploy: no stack changed"
     done = sum(r.state is StackState.SUCCEEDED for r in outcome.results)
     failed = [r.name for r in outcome.results if r.state is StackState.FAILED]
+    rolled = [f"{r.name} rolled back to {r.rolled_back_to[:12]}" for r in outcome.results if r.rolled_back_to]
     text = f"{done} of {len(outcome.results)} stacks deployed"
+    text += f"; {', '.join(rolled)}" if rolled else ""
     return f"{text}; failed: {', '.join(failed)}" if failed else text
 
 
@@ -93,4 +97,6 @@ def _stack_text(result: StackResult) -> str:
     took = f" in {result.duration:.1f}s" if result.duration is not None else ""
     if result.state is StackState.SUCCEEDED:
         return f"deployed{took}" if result.action == "deploy" else f"removed{took}"
+    if result.rolled_back_to:  # first, so that the cut at 140 characters never hides it
+        return f"rolled back to {result.rolled_back_to[:12]} after {result.reason}: {result.error}"
     return f"{result.reason}: {result.error}" if result.reason else str(result.error or result.state)

@@ -166,7 +166,7 @@ def test_failure_skips_dependents_lets_unrelated_finish_and_keeps_last_good(
 
     assert outcome.exit_code == 1
     results = {r.name: r for r in outcome.results}
-    assert results[b].state is StackState.FAILED
+    assert results[b].state is StackState.ROLLED_BACK and results[b].rolled_back_to == good  # DEPLOYER_ROLLBACK
     assert results[b].reason is Reason.HEALTH_CHECK_FAILED
     assert results[b].error is not None and results[b].error.startswith(
         f"stacks/{b}/compose.yaml: did not become healthy"
@@ -178,7 +178,7 @@ def test_failure_skips_dependents_lets_unrelated_finish_and_keeps_last_good(
     assert last_good[b] == good and last_good[c] == good and last_good[d] == outcome.commit
     recorded = deps.store.deployment(outcome.deployment_id)
     assert recorded is not None and recorded["state"] == "failed"
-    assert {s["name"]: s["state"] for s in recorded["stacks"]} == {b: "failed", c: "skipped", d: "succeeded"}
+    assert {s["name"]: s["state"] for s in recorded["stacks"]} == {b: "rolled_back", c: "skipped", d: "succeeded"}
 
 
 def test_compose_up_failure_is_reported_with_its_output(deps: Deps, repo: ConfigRepo, prefix: str) -> None:

@@ -12,6 +12,7 @@ from deployer.queue import Enqueued, Queue
 from deployer.report.statuses import describe_queued
 from deployer.report.targets import target_url
 from deployer.settings import Settings
+from deployer.wake import Doorbell
 
 __all__ = ["submit"]
 
@@ -39,5 +40,8 @@ def submit(
     if target is not None and intake.commit is not None:
         pending = describe_queued(intake.commit, deployment_id, target_url=target_url(settings, deployment_id))
         statuses = ((target, deployment_id, pending),)
-    return queue.enqueue(intake, target=target, deployment_id=deployment_id, running=running,
-                         told=Told((queued,), statuses))  # fmt: skip
+    enqueued = queue.enqueue(intake, target=target, deployment_id=deployment_id, running=running,
+                             told=Told((queued,), statuses))  # fmt: skip
+    if not running and enqueued.duplicate_of is None:
+        Doorbell(settings.state_dir).ring()  # the deploy worker starts it now, not at its next look
+    return enqueued

@@ -35,6 +35,7 @@ from deployer.report.notify import Notifier
 from deployer.report.statuses import describe_running, describe_superseded
 from deployer.report.targets import status_target, target_url
 from deployer.state import StateStore
+from deployer.wake import Doorbell
 
 __all__ = ["Worker"]
 
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 HEARTBEAT = 5.0
 #: backoff for a status the forge did not take: 2, 4, 8 ... seconds, at most this
 MAX_BACKOFF = 300.0
+#: seconds between looks at the queue when nobody rings (the doorbell starts a queued deployment at once)
+IDLE_WAIT = 2.0
 #: seconds between tries while the state store cannot be written (disk full, read-only)
 STATE_RETRY = 5.0
 #: backoff while Loki cannot take the audit trail: 1, 2, 4 ... seconds, at most this
@@ -51,10 +54,11 @@ MAX_SHIP_BACKOFF = 60.0
 
 
 class Worker:
-    def __init__(self, deps: Deps, *, idle_wait: float = 0.5) -> None:
+    def __init__(self, deps: Deps, *, idle_wait: float = IDLE_WAIT) -> None:
         self.deps = deps
         self.queue = Queue(deps.store)
         self.idle_wait = idle_wait
+        self.doorbell = Doorbell(deps.settings.state_dir)
         self.session = requests.Session()
         #: (head, last good commits) last found converged, so an unchanged world is not planned again
         self._converged: tuple[str, tuple[tuple[str, str], ...]] | None = None
@@ -68,6 +72,7 @@ class Worker:
         With polling on, the branch is reconciled at start and every `poll_interval` seconds; with it
         on or off, whenever a retry of a transient failure falls due.
         """
+        self.doorbell.listen()
         reporter = threading.Thread(target=self._report_forever, args=(stop,), name="statuses", daemon=True)
         reporter.start()
         if self.deps.settings.loki_url:
@@ -93,7 +98,7 @@ class Worker:
                     next_poll = now + interval if interval else float("inf")
                 claim = self.queue.claim()
                 if claim is None:
-                    stop.wait(self.idle_wait)
+                    self.doorbell.wait(self.idle_wait)  # rung by whoever queues one (deployer.intake)
                     continue
                 self.run_claim(claim)
             except StateUnavailableError as error:
@@ -104,6 +109,7 @@ class Worker:
                 stop.wait(STATE_RETRY)
 
         reporter.join(timeout=5)
+        self.doorbell.close()
 
     def _resume(self, why: str) -> None:
         """Queue again the deployments left running (a restart, a store that could not be written)."""

@@ -196,3 +196,28 @@ def test_the_worker_loop_drains_the_queue_and_reports_ready(
         stop.set()
         loop.join(timeout=30)
     assert forge.latest(sha)["deployer"] == "success"
+
+
+def test_a_delivery_rings_the_worker_which_starts_it_at_once_not_at_its_next_look(
+    service_deps: Deps, client: FlaskClient, repo: ConfigRepo, forge: ForgeServer, prefix: str
+) -> None:
+    """The worker looks at the queue every 60 s here; a queued deployment starts within a few seconds
+    only because the web worker's submit rang its doorbell (deployer/wake.py)."""
+    sha = commit_version(repo, f"{prefix}-app", "1")
+    stop = threading.Event()
+    worker = Worker(service_deps, idle_wait=60.0)
+    loop = threading.Thread(target=worker.run, args=(stop,))
+    loop.start()
+    try:
+        time.sleep(1.0)  # the worker has looked once, found nothing, and waits
+        deployment_id = webhook(client, forge.forge, sha)
+        deadline = time.monotonic() + 10
+        state = "queued"
+        while time.monotonic() < deadline and state == "queued":
+            state = client.get(f"/api/deployments/{deployment_id}").get_json()["state"]
+            time.sleep(0.05)
+        assert state != "queued", "not started within 10 s: the doorbell was not heard"
+    finally:
+        stop.set()
+        worker.doorbell.ring()  # wakes it to see stop
+        loop.join(timeout=120)

@@ -47,6 +47,8 @@ HEARTBEAT = 5.0
 MAX_BACKOFF = 300.0
 #: seconds between looks at the queue when nobody rings (the doorbell starts a queued deployment at once)
 IDLE_WAIT = 2.0
+#: seconds for which a fetch of the branch counts as now, for a deployment of the head it found
+FRESH_FETCH = 10.0
 #: seconds between tries while the state store cannot be written (disk full, read-only)
 STATE_RETRY = 5.0
 #: backoff while Loki cannot take the audit trail: 1, 2, 4 ... seconds, at most this
@@ -65,6 +67,8 @@ class Worker:
         #: when the reconcile loop must look again before its next poll (a retry falls due)
         self.retry_due: float | None = None
         self._object_format: str | None = None
+        #: the branch head this worker last fetched, and when (monotonic)
+        self._fetched: tuple[str, float] | None = None
 
     def run(self, stop: threading.Event) -> None:
         """Drain the queue until `stop` is set; a deployment under way is finished first.
@@ -142,8 +146,12 @@ class Worker:
         """
         target = self.queue.status_target(claim.deployment_id) or status_target(self.deps.settings)
         progress = _RunningStatus(self, claim, target)
+        # one fetch per deployment: a poll that fetched the branch a moment ago and queued its head is not fetched again
+        fetched = self._fetched
+        fresh = fetched is not None and fetched[0] == claim.commit and time.monotonic() - fetched[1] < FRESH_FETCH
         request = Request(repo_url=str(self.deps.settings.repo_url), ref=claim.commit, trigger=claim.trigger,
-                          actor=claim.actor, stacks=claim.stacks, force=claim.force, reason=claim.reason)  # fmt: skip
+                          actor=claim.actor, stacks=claim.stacks, force=claim.force, reason=claim.reason,
+                          fetch=not fresh)  # fmt: skip
         outcome = deploy(self.deps, request, deployment_id=claim.deployment_id, progress=progress, target=target)
         log.info("deployment %s of %s: %s%s", claim.deployment_id, claim.commit[:12], outcome.state,
                  f" ({outcome.reason}: {outcome.error})" if outcome.error else "")  # fmt: skip
@@ -162,6 +170,8 @@ class Worker:
         repo_url = str(settings.repo_url)
         try:
             head = branch_head(self.deps, repo_url=repo_url) if fetch else self.deps.mirror(repo_url).resolve(ref)
+            if fetch:
+                self._fetched = (head, time.monotonic())
             done = self._is_converged(head)
         except DeployerError as error:
             log.warning("reconcile: %s", error.message)

@@ -94,7 +94,7 @@ def _deploy_locked(deps: Deps, record: Recorder, request: Request, progress: Pro
     progress.phase(f"fetching {request.ref}")
     mirror = deps.mirror(request.repo_url)
     try:
-        head = mirror.sync()
+        head = mirror.sync() if request.fetch else mirror.resolve(mirror.branch_ref)
         target = _resolve(mirror, request)
     except DeployerError as error:
         return record.not_started(error, commit=_known_commit(deps, request))

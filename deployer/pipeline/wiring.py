@@ -83,6 +83,8 @@ class Request:
     reason: str | None = None
     #: recreate the named stacks' containers even when nothing changed
     force: bool = False
+    #: fetch the branch first; False when the caller fetched it a moment ago (a poll's deployment of the head)
+    fetch: bool = True
 
     @property
     def follows_branch(self) -> bool:

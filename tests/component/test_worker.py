@@ -221,3 +221,28 @@ def test_a_delivery_rings_the_worker_which_starts_it_at_once_not_at_its_next_loo
         stop.set()
         worker.doorbell.ring()  # wakes it to see stop
         loop.join(timeout=120)
+
+
+def test_a_polled_deployment_of_the_head_fetches_the_branch_once(
+    service_deps: Deps, repo: ConfigRepo, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reconcile step fetched the branch to find the head it queues; the deployment does not fetch again.
+    A webhook's deployment, which nothing fetched for, fetches once."""
+    from deployer.fetch import Mirror
+
+    fetches: list[str] = []
+    real_sync = Mirror.sync
+
+    def counting_sync(self: Mirror) -> str:
+        fetches.append("sync")
+        return real_sync(self)
+
+    monkeypatch.setattr(Mirror, "sync", counting_sync)
+    commit_version(repo, f"{prefix}-app", "1")
+    worker = Worker(service_deps)
+    queued = worker.reconcile()
+    assert queued is not None and fetches == ["sync"]
+    claim = Queue(service_deps.store).claim()
+    assert claim is not None and claim.deployment_id == queued
+    assert worker.run_claim(claim).state == "succeeded"
+    assert fetches == ["sync"], "the poll's deployment fetched the branch again"

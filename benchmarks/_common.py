@@ -186,6 +186,15 @@ def deployer_exe() -> str:
     return str(candidate) if candidate.exists() else "deployer"
 
 
+def free_port() -> int:
+    """A TCP port on loopback nothing listens on now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def tool_env(state_dir: Path, **extra: str) -> dict[str, str]:
     """A minimal environment for deployer and docker processes (like tests.conftest.tool_environ)."""
     env = {name: os.environ[name] for name in ("PATH", "HOME", "DOCKER_HOST", "LANG") if name in os.environ}

@@ -98,6 +98,18 @@ def web_workers(served: Served) -> list[int]:
     return found
 
 
+def multiprocess_dir(served: Served) -> Path:
+    """The counters' directory `deployer serve` made at start: in the environment the deploy worker was
+    started with (the master's /proc/PID/environ shows only what it was started with itself)."""
+    pgrep = subprocess.run(["pgrep", "-P", str(served.process.pid)], capture_output=True, text=True, check=False)
+    for pid in pgrep.stdout.split():
+        if b"-m" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
+            for pair in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                if pair.startswith(b"PROMETHEUS_MULTIPROC_DIR="):
+                    return Path(pair.split(b"=", 1)[1].decode())
+    raise AssertionError("no deploy worker with PROMETHEUS_MULTIPROC_DIR in its environment")
+
+
 def bad_signatures(served: Served, count: int) -> None:
     """`count` deliveries with a wrong signature, from 8 senders at once, so both web workers answer some."""
     delivery = sign("gitea", push_payload("gitea", after="e" * 40), "not-the-secret")
@@ -120,8 +132,7 @@ def test_prometheus_scrapes_two_web_workers_and_their_counts_add_up(
     other = sign("gitea", push_payload("gitea", after="f" * 40, branch="feature"), SECRET)
     assert http("POST", f"{served.base}/webhook", body=other.body, headers=other.headers)[0] == 200
     bad_signatures(served, 40)
-    environ = dict(v.split(b"=", 1) for v in Path(f"/proc/{served.process.pid}/environ").read_bytes().split(b"\0") if v)
-    metrics_dir = Path(environ[b"PROMETHEUS_MULTIPROC_DIR"].decode())
+    metrics_dir = multiprocess_dir(served)
     counted = {p.name.split("_")[-1] for p in metrics_dir.glob("counter_*.db")}
     assert len(counted) == 2, f"both web workers counted deliveries: {counted}"
 

@@ -87,11 +87,15 @@ class Worker:
         next_poll = time.monotonic() if interval else float("inf")
         next_beat = 0.0
         resume: str | None = "interrupted by a restart"  # why deployments left running are queued again
+        stuck = False  # the state store could not be written at the last try
         while not stop.is_set():
             try:
                 if resume is not None:
                     self._resume(resume)
                     resume = None
+                if stuck:
+                    log.info("the state store can be written again: deploying")
+                    stuck = False
                 now = time.monotonic()
                 if now >= next_beat:
                     self.heartbeat()
@@ -107,9 +111,9 @@ class Worker:
                 self.run_claim(claim)
             except StateUnavailableError as error:
                 # Nothing may start that could not be recorded: wait; what was under way is resumed after.
-                if resume is None:
+                if not stuck:
                     log.error("no deployment starts until the state store can be written again: %s", error.message)
-                resume = "interrupted: the state store could not be written"
+                stuck, resume = True, "interrupted: the state store could not be written"
                 stop.wait(STATE_RETRY)
 
         reporter.join(timeout=5)

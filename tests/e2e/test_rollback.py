@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,7 +67,9 @@ def test_a_stack_that_fails_its_health_wait_is_rolled_back_to_the_last_good_comm
                deployer={"secrets": ["secrets/app.env"], "wait_timeout": 20})  # fmt: skip
     repo.stack(web, {"main": service(environment={"VERSION": "1"})}, deployer={"depends_on": [app]})
     good = repo.commit("v1")
-    served = serve(poll=2)
+    scratch = tmp_path / "tmpdir"  # the service's TMPDIR, scanned below
+    scratch.mkdir()
+    served = serve(poll=2, TMPDIR=str(scratch))
     assert served.finished(served.push(good))["state"] == "succeeded"
     image_then = running_image(app)
 
@@ -103,7 +106,16 @@ def test_a_stack_that_fails_its_health_wait_is_rolled_back_to_the_last_good_comm
     # The failing commit is not retried by the poll: it waits for a new push, a person or force.
     time.sleep(8)
     assert [d["id"] for d in served.deployments() if d["commit"] == bad] == [deployment_id]
-    assert "rollback-secret-value-1" not in served.log() + json.dumps(served.audit())
+    # Secret hygiene after a success, a failure and a rollback: the state dir, the temp dir, the log, the
+    # audit trail, the API and the pages hold no secret value.
+    secret = b"rollback-secret-value-1"
+    files = [p for root in (served.state, scratch) for p in root.rglob("*") if p.is_file() and not p.is_fifo()]
+    assert len(files) > 10, files
+    assert not [p for p in files if secret in p.read_bytes()]
+    pages = b"".join(urllib.request.urlopen(f"{served.base}{path}", timeout=10).read()  # noqa: S310 -- loopback
+                     for path in ("/", f"/deployments/{deployment_id}", "/stacks"))  # fmt: skip
+    said = served.log() + json.dumps(served.audit()) + json.dumps(served.deployment(deployment_id))
+    assert secret not in pages and secret.decode() not in said
 
 
 def test_a_rollback_that_fails_is_said_and_a_first_deploy_has_nothing_to_roll_back_to(

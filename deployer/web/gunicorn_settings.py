@@ -46,13 +46,12 @@ def _child_exit(server: Any, worker: Any) -> None:
 
 
 def gunicorn_options(*, bind: str, workers: int = WORKERS) -> dict[str, Any]:
-    """Sync workers (deployer.web.gunicorn_worker): each takes a connection straight off the shared
-    listening socket and answers it before taking the next, so deliveries are served in arrival
-    order. Under 50 concurrent senders this halved the slowest acknowledgements against `gthread`
-    workers, whose threads hand every connection between an accepting thread and a pool under one
-    GIL (docs/benchmarks.md). A sync worker holds its connection until the answer is written, so put
-    a buffering proxy in front where slow clients can reach the service (deploy/README.md: Traefik's
-    `buffer-requests@file`); one that stalls is cut off after REQUEST_TIMEOUT.
+    """Sync workers (deployer.web.gunicorn_worker): each takes connections off the shared listening
+    socket into its hall, reads them without blocking, and answers each whole request before the next,
+    so deliveries are served in arrival order. Under 50 concurrent senders this halved the slowest
+    acknowledgements against `gthread` workers, whose threads hand every connection between an
+    accepting thread and a pool under one GIL (docs/benchmarks.md). A client that trickles its request
+    holds no worker; one not whole within gunicorn_worker.REQUEST_DEADLINE gets a 408.
     """
     return {
         "bind": bind,

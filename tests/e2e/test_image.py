@@ -27,6 +27,9 @@ from tests.deliveries import push_payload, sign
 from tests.e2e.served import SECRET, wait_for
 from tests.helpers import ROOT, ConfigRepo, require_tool, service
 
+#: the engine fixture also makes `prefix` remove this test's stacks (the deployed `<prefix>files` too)
+pytestmark = pytest.mark.usefixtures("engine")
+
 CLIENT_SECRET = ClientSecret()
 UID = 10001  # the image's user (deploy/Dockerfile)
 OFFLINE_BASES = ("deployer-local/python:3.11-bookworm", "deployer-local/docker-cli:local")

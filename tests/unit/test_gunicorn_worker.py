@@ -15,7 +15,7 @@ import pytest
 from gunicorn import http
 from gunicorn.config import Config
 
-from deployer.web.gunicorn_worker import read_whole
+from deployer.web.gunicorn_worker import _Buffered, complete, read_whole
 
 HEAD = b"POST /webhook HTTP/1.1\r\nHost: deployer\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
 
@@ -71,3 +71,33 @@ def test_a_client_that_closed_already_closes_at_once(pair: tuple[socket.socket, 
     request = parse(server)
     assert request.body.read() == b"{}"
     assert read_whole(request.body, server)
+
+
+@pytest.mark.parametrize(
+    ("data", "state"),
+    [
+        (b"POST /webhook HTTP/1.1\r\nHost: d\r\n", "partial"),
+        (HEAD % 2 + b"{", "partial"),
+        (HEAD % 2 + b"{}", "whole"),
+        (b"GET /healthz HTTP/1.1\r\nHost: d\r\n\r\n", "whole"),
+        (b"POST / HTTP/1.1\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n", "continue"),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n", "partial"),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", "whole"),
+        (b"POST / HTTP/1.1\r\nContent-Length: nine\r\n\r\n", "whole"),  # malformed: the parser answers it
+        (HEAD % 10_000_000 + b"x" * 101, "whole"),  # past the body limit: the app answers 413
+        (b"GET / HTTP/1.1\r\nX: " + b"a" * 70_000, "whole"),  # endless headers: the parser refuses them
+    ],
+    ids=["head-partial", "body-partial", "body-whole", "no-body", "expect", "chunked-partial", "chunked-whole",
+         "bad-length", "over-limit", "huge-headers"],
+)  # fmt: skip
+def test_complete_knows_a_whole_request(data: bytes, state: str) -> None:
+    """A web worker hands a request to gunicorn's parser only once it is whole (or past reading further)."""
+    assert complete(data, body_limit=100) == state
+
+
+def test_a_buffered_request_is_parsed_from_the_hall_then_the_socket(pair: tuple[socket.socket, socket.socket]) -> None:
+    """What the hall read is given to gunicorn's parser first; anything after it comes from the socket."""
+    server, client = pair
+    client.sendall(b"}")
+    request = parse(_Buffered(server, HEAD % 2 + b"{"))  # type: ignore[arg-type]
+    assert request.body.read() == b"{}"

@@ -51,8 +51,9 @@ class Doorbell:
         """Wait until rung or `timeout` seconds pass; return whether it was rung (every ring so far heard)."""
         if self._read is None:
             raise RuntimeError("listen() first")
-        ready, _, _ = select.select([self._read], [], [], timeout)
-        if not ready:
+        poller = select.poll()  # not select(): a process with many files open has fds past FD_SETSIZE
+        poller.register(self._read, select.POLLIN)
+        if not poller.poll(max(0.0, timeout) * 1000):
             return False
         try:
             while os.read(self._read, 4096):

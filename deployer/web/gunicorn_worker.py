@@ -60,8 +60,7 @@ class SyncWorker(GunicornSyncWorker):  # type: ignore[misc]  # gunicorn ships no
             # A look at every socket each time round, not only when no connection waits: under a steady
             # burst the listener is always ready, and requests still arriving must be read meanwhile.
             try:
-                readable, _, _ = select.select([*self.sockets, self.PIPE[0], *hall.sockets()], [], [],
-                                               hall.wait(self.timeout or 0.5))  # fmt: skip
+                readable = _readable([*self.sockets, self.PIPE[0], *hall.sockets()], hall.wait(self.timeout or 0.5))
             except OSError as error:
                 if error.errno in (errno.EINTR, errno.EBADF):
                     continue
@@ -196,6 +195,18 @@ def complete(data: bytes | bytearray, *, body_limit: int) -> str:
     if body >= min(length, body_limit + 1):
         return "whole"
     return "continue" if body == 0 and "100-continue" in fields.get("expect", "") else "partial"
+
+
+def _readable(watched: list[Any], timeout: float) -> list[Any]:
+    """Which of `watched` (sockets and fds) can be read, waiting at most `timeout` seconds. poll(), not
+    select(): a hall of hundreds of connections has fds past select's FD_SETSIZE (1024)."""
+    poller = select.poll()
+    by_fd = {}
+    for item in watched:
+        fd = item if isinstance(item, int) else item.fileno()
+        by_fd[fd] = item
+        poller.register(fd, select.POLLIN)
+    return [by_fd[fd] for fd, _ in poller.poll(max(0.0, timeout) * 1000)]
 
 
 def _send(client: socket.socket, data: bytes) -> None:

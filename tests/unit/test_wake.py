@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -50,3 +51,23 @@ def test_listen_replaces_a_regular_file_at_its_path(tmp_path: Path) -> None:
         assert listener.wait(5) is True
     finally:
         listener.close()
+
+
+def test_a_process_with_more_than_1024_files_open_still_hears_its_doorbell(tmp_path: Path) -> None:
+    """select() cannot watch an fd past FD_SETSIZE (1024); the test processes and a busy worker get there."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(soft, 2048), hard), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    listener = Doorbell(tmp_path)
+    try:
+        listener.listen()
+        assert listener._read is not None and listener._read > 1024
+        Doorbell(tmp_path).ring()
+        assert listener.wait(5) is True
+    finally:
+        listener.close()
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -186,6 +186,12 @@ def deployer_exe() -> str:
     return str(candidate) if candidate.exists() else "deployer"
 
 
+def container_id(project: str) -> str:
+    """The id of the running container of compose project `project` ('' when none)."""
+    argv = ["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={project}"]
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
+
+
 def free_port() -> int:
     """A TCP port on loopback nothing listens on now."""
     import socket

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,11 +36,6 @@ def write_stack(repo: ConfigRepo, name: str, value: str, depends_on: list[str]) 
     if depends_on:
         deployer["depends_on"] = depends_on
     return repo.stack(name, {"app": service(environment={"VALUE": value})}, deployer=deployer)
-
-
-def container_id(project: str) -> str:
-    argv = ["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={project}"]
-    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
 
 
 def phases(state: Path, started: float, ended: float) -> dict[str, float]:
@@ -86,18 +80,18 @@ def measure(args: argparse.Namespace, prefix: str, tmp: Path) -> int:
     def ours(run: int) -> tuple[float, dict[str, float]]:
         write_stack(repo, target, f"deployer-{run}", deps[target])
         repo.commit(f"change {run}")
-        before = container_id(target)
+        before = c.container_id(target)
         started = time.time()
         took = c.run_timed(deploy, env=env)
         split = phases(state, started, time.time())
-        assert container_id(target) != before, "deployer did not recreate the container"
+        assert c.container_id(target) != before, "deployer did not recreate the container"
         return took, split
 
     def bare(run: int) -> float:
         write_stack(repo, target, f"compose-{run}", deps[target])  # working copy only, never committed
-        before = container_id(target)
+        before = c.container_id(target)
         took = c.run_timed(compose, env=env)
-        assert container_id(target) != before, "compose did not recreate the container"
+        assert c.container_id(target) != before, "compose did not recreate the container"
         return took
 
     ours(-1), bare(-1)  # warm-up: first runs pay for caches (page cache, git packs, image layers)

@@ -42,11 +42,6 @@ def write_stack(repo: ConfigRepo, name: str, value: str) -> Path:
     return repo.stack(name, {"app": service(environment={"VALUE": value})}, deployer={"wait_timeout": 60})
 
 
-def container_id(project: str) -> str:
-    argv = ["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={project}"]
-    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
-
-
 def get(base: str, path: str) -> dict[str, object]:
     with urllib.request.urlopen(f"{base}{path}", timeout=10) as answer:  # noqa: S310 -- loopback
         found: dict[str, object] = json.load(answer)
@@ -110,19 +105,19 @@ def measure(args: argparse.Namespace, prefix: str, tmp: Path) -> int:
         def ours(run: int) -> tuple[float, dict[str, float]]:
             write_stack(repo, target, f"deployer-{run}")
             sha = repo.commit(f"change {run}")
-            before = container_id(target)
+            before = c.container_id(target)
             sent = time.time()
             deployment_id, answered = push(base, sha, last[0])
             seen = finished(base, deployment_id)
             last[0] = sha
-            assert container_id(target) != before, "deployer did not recreate the container"
+            assert c.container_id(target) != before, "deployer did not recreate the container"
             return seen - sent, phases(state, deployment_id, sent, answered, seen)
 
         def bare(run: int) -> float:
             write_stack(repo, target, f"compose-{run}")  # working copy only, never committed
-            before = container_id(target)
+            before = c.container_id(target)
             took = c.run_timed(compose, env=env)
-            assert container_id(target) != before, "compose did not recreate the container"
+            assert c.container_id(target) != before, "compose did not recreate the container"
             return took
 
         ours(-1), bare(-1)  # warm-up

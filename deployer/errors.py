@@ -108,6 +108,12 @@ class ComposeInvalidError(DeployerError):
     code = "compose_invalid"
 
 
+class PolicyError(ComposeInvalidError):
+    """A stack's resolved compose config takes from the host what the host policy does not allow."""
+
+    code = "policy_refused"
+
+
 class ComposeError(DeployerError):
     """`docker compose up` or `down` failed."""
 

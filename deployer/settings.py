@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from deployer.errors import ConfigError
+from deployer.host_policy import HostPolicy
 
 __all__ = ["DOCKER_PASSTHROUGH", "NOTIFY_EVENTS", "Settings"]
 
@@ -91,6 +92,8 @@ class Settings:
     prune: bool = False
     #: bring a stack that fails at `up` or its health wait back to its last good commit and images
     rollback: bool = True
+    #: what a stack may take from the host (DEPLOYER_ALLOWED_BIND_ROOTS, DEPLOYER_ALLOW_PRIVILEGED)
+    host_policy: HostPolicy = field(default_factory=HostPolicy)
     max_parallel: int = 4
     max_body: int = 1024 * 1024
     #: environment handed to `docker` and `docker compose` (secrets are added per stack)
@@ -135,6 +138,9 @@ class Settings:
             poll_interval=_int(environ, "DEPLOYER_POLL_INTERVAL", 300, minimum=0),
             prune=_bool(environ, "DEPLOYER_PRUNE", default=False),
             rollback=_bool(environ, "DEPLOYER_ROLLBACK", default=True),
+            host_policy=HostPolicy.parse(
+                environ.get("DEPLOYER_ALLOWED_BIND_ROOTS"), _get(environ, "DEPLOYER_ALLOW_PRIVILEGED")
+            ),
             max_parallel=_int(environ, "DEPLOYER_MAX_PARALLEL", 4, minimum=1),
             max_body=_int(environ, "DEPLOYER_MAX_BODY", 1024 * 1024, minimum=1),
             docker_env=_pick(environ, DOCKER_PASSTHROUGH),

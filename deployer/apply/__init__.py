@@ -1,7 +1,7 @@
 """Stage 4, apply: change the host. Secrets into memory, stacks up in order, results out."""
 
-from deployer.apply.compose import ComposeBackend, StackBackend
+from deployer.apply.compose import ComposeBackend, StackBackend, refuse_host_access
 from deployer.apply.executor import run_stacks
 from deployer.apply.secrets import decrypt_files, redact
 
-__all__ = ["ComposeBackend", "StackBackend", "decrypt_files", "redact", "run_stacks"]
+__all__ = ["ComposeBackend", "StackBackend", "decrypt_files", "redact", "refuse_host_access", "run_stacks"]

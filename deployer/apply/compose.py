@@ -7,21 +7,23 @@ implementation so far. A Swarm backend (`docker stack deploy`) or a remote engin
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Protocol
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
 
 import yaml
 
 from deployer.apply.secrets import redact
-from deployer.errors import ComposeError, ComposeInvalidError, HealthCheckError
+from deployer.errors import ComposeError, ComposeInvalidError, HealthCheckError, PolicyError
+from deployer.host_policy import HostPolicy, violations
 from deployer.interpolation import interpolate, stack_env_file
 from deployer.model import Directory, Stack, StackName
 from deployer.runner import CommandRunner, Completed
 
-__all__ = ["ComposeBackend", "StackBackend", "compose_base_argv", "compose_up_argv"]
+__all__ = ["ComposeBackend", "StackBackend", "compose_base_argv", "compose_up_argv", "refuse_host_access"]
 
 #: how much of a failing command's output is kept for the operator
 OUTPUT_TAIL = 4000
@@ -32,8 +34,12 @@ _UP_GRACE = 120
 
 
 class StackBackend(Protocol):
-    def check(self, stack: Stack, *, workdir: Path, env: Mapping[str, str]) -> None:
-        """Raise ComposeInvalidError unless the engine's tooling accepts the stack."""
+    def check(self, stack: Stack, *, workdir: Path, env: Mapping[str, str]) -> dict[str, Any]:
+        """The stack's config as the engine's tooling resolves it (interpolated, includes merged).
+
+        Raises ComposeInvalidError unless the tooling accepts the stack. The config holds the secrets'
+        values: use it and drop it.
+        """
         ...
 
     def up(
@@ -86,12 +92,20 @@ class ComposeBackend:
         self.runner = runner
         self.docker_env = dict(docker_env)
 
-    def check(self, stack: Stack, *, workdir: Path, env: Mapping[str, str]) -> None:
-        result = self._run([*compose_base_argv(stack, workdir), "config", "--quiet"], env, stack=stack, timeout=60)
+    def check(self, stack: Stack, *, workdir: Path, env: Mapping[str, str]) -> dict[str, Any]:
+        argv = [*compose_base_argv(stack, workdir), "config", "--format", "json"]
+        result = self._run(argv, env, stack=stack, timeout=60)
         if not result.ok:
             raise ComposeInvalidError(
                 f"{stack.compose_file}: docker compose config rejected it: {_last_line(result, env)}"
             )
+        try:
+            config = json.loads(result.stdout)
+        except ValueError as error:
+            raise ComposeInvalidError(f"{stack.compose_file}: docker compose config printed no JSON: {error}") from None
+        if not isinstance(config, dict):
+            raise ComposeInvalidError(f"{stack.compose_file}: docker compose config printed no mapping")
+        return config
 
     def up(
         self, stack: Stack, *, workdir: Path, env: Mapping[str, str], force: bool = False,
@@ -163,6 +177,23 @@ class ComposeBackend:
         )
         if not created.ok and "already exists" not in created.stderr:
             raise ComposeError(f"{stack.compose_file}: cannot create network {name}: {_last_line(created, {})}")
+
+
+def refuse_host_access(
+    stack: Stack, config: Mapping[str, Any], *, workdir: Path, policy: HostPolicy, secrets: Mapping[str, str]
+) -> None:
+    """Raise PolicyError listing what the resolved `config` takes from the host beyond `policy`.
+
+    Symlinks are resolved on this filesystem: the worktree is the deployer's own, and a host path
+    outside it resolves the same way when the deployer runs on the host (in a container, only as far as
+    its mounts show the host).
+    """
+    findings = violations(stack.name, config, folder=PurePosixPath(workdir / stack.folder), policy=policy,
+                          resolve=os.path.realpath)  # fmt: skip
+    if findings:
+        lines = tuple(redact(f"{stack.compose_file}: refused by the host policy: {f}", secrets.values())
+                      for f in findings)  # fmt: skip
+        raise PolicyError(lines[0], details=lines[1:])
 
 
 def _pin_images(folder: Path, images: Mapping[str, str]) -> Path:

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from deployer.apply import decrypt_files, run_stacks
+from deployer.apply import decrypt_files, refuse_host_access, run_stacks
 from deployer.errors import (
     ComposeError,
     DeployerError,
@@ -213,11 +213,14 @@ def _preflight(
             if stack.secrets:
                 progress.phase(f"{name}: decrypting {', '.join(map(str, stack.secrets))}")
             env = decrypt_files(stack.secrets, repo_root=tree, runner=deps.runner, env=deps.settings.sops_env)
-            deps.backend.check(stack, workdir=tree, env=env)
+            config = deps.backend.check(stack, workdir=tree, env=env)
+            refuse_host_access(stack, config, workdir=tree, policy=deps.settings.host_policy, secrets=env)
+            del config  # it holds the secrets' values
         except DeployerError as error:
             now = time.time()
             return StackResult(name, Action.DEPLOY, StackState.FAILED, reason=_input_reason(error),
-                               error=error.message, started_at=now, finished_at=now)  # fmt: skip
+                               error="; ".join((error.message, *error.details)), started_at=now,
+                               finished_at=now)  # fmt: skip
         if stack.secrets:
             record.secrets_decrypted(commit=plan.target, stack=name, files=[str(p) for p in stack.secrets])
         return env

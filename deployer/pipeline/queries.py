@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
-from deployer.apply import decrypt_files
+from deployer.apply import decrypt_files, refuse_host_access
 from deployer.errors import DeployerError, KnownSecretError, SecretError
 from deployer.lock import plan_lock
 from deployer.model import Catalog, Plan
@@ -101,12 +101,13 @@ def validate_tree(deps: Deps, path: Path, *, allow_placeholders: bool = False) -
         try:
             if not allow_placeholders:
                 _refuse_known_values(deps, path, stack.secrets)
-            deps.backend.check(stack, workdir=path.resolve(), env=env)
+            config = deps.backend.check(stack, workdir=path.resolve(), env=env)
+            refuse_host_access(stack, config, workdir=path.resolve(), policy=deps.settings.host_policy, secrets=env)
         except DeployerError as error:
             problems.append(error)
     if problems:
         first = problems[0]
-        raise type(first)(first.message, details=tuple(p.message for p in problems))
+        raise type(first)(first.message, details=tuple(m for p in problems for m in (p.message, *p.details)))
     return catalog
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import NoReturn
 
-from deployer.apply import decrypt_files
+from deployer.apply import decrypt_files, refuse_host_access
 from deployer.errors import ComposeError, DeployerError, RolledBackError
 from deployer.fetch import Mirror
 from deployer.pipeline.record import Recorder
@@ -43,6 +43,9 @@ def roll_back(deps: Deps, record: Recorder, mirror: Mirror, name: str, error: Co
         if stack.secrets:
             record.secrets_decrypted(commit=good, stack=name, files=[str(p) for p in stack.secrets])
         workdir = mirror.checkout(good, deps.settings.state_dir / "stacks" / name)
+        config = deps.backend.check(stack, workdir=workdir, env=env)  # today's host policy holds for old commits
+        refuse_host_access(stack, config, workdir=workdir, policy=deps.settings.host_policy, secrets=env)
+        del config
         deps.backend.up(stack, workdir=workdir, env=env, images=deps.store.images(name) or None)
     except DeployerError as failed:
         log.error("stack %s: rollback to %s failed: %s", name, good[:12], failed.message)

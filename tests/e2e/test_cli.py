@@ -5,10 +5,12 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import AgeKey, tool_environ
 from tests.helpers import ROOT, ConfigRepo, service
@@ -85,11 +87,26 @@ def test_validate_runs_compose_config_with_placeholder_secrets(repo: ConfigRepo,
     assert result.stdout.startswith("ok: 1 stacks valid")
 
 
+def seed_host_policy() -> str:
+    """DEPLOYER_ALLOWED_BIND_ROOTS as deploy/compose.yaml gives it to the deployer by default."""
+    environment = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())["services"]["deployer"]["environment"]
+    default = re.fullmatch(r"\$\{DEPLOYER_ALLOWED_BIND_ROOTS:-(.+)\}", environment["DEPLOYER_ALLOWED_BIND_ROOTS"])
+    assert default, environment["DEPLOYER_ALLOWED_BIND_ROOTS"]
+    return default[1]
+
+
+def test_ci_validates_the_seed_under_the_host_policy_the_deployer_image_ships() -> None:
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    step = next(s for s in workflow["jobs"]["validate"]["steps"] if "--allow-placeholders" in s.get("run", ""))
+    assert step["env"]["DEPLOYER_ALLOWED_BIND_ROOTS"] == seed_host_policy()
+
+
 @pytest.mark.usefixtures("engine")
 @pytest.mark.parametrize("stacks_dir", ["stacks", "examples/stacks"])
 def test_validate_passes_on_this_repository(tmp_path: Path, stacks_dir: str) -> None:
-    """As this repository's CI runs it: the shipped placeholders and example key are accepted on purpose."""
-    env = tool_environ(tmp_path, None, DEPLOYER_STACKS_DIR=stacks_dir)
+    """As this repository's CI runs it: the shipped placeholders and example key are accepted on purpose,
+    under the host policy deploy/compose.yaml ships (the seed's data roots and its few host paths)."""
+    env = tool_environ(tmp_path, None, DEPLOYER_STACKS_DIR=stacks_dir, DEPLOYER_ALLOWED_BIND_ROOTS=seed_host_policy())
     result = subprocess.run(["deployer", "validate", "--repo", str(ROOT), "--allow-placeholders"], capture_output=True,
                             text=True, env=env, timeout=300, check=False)  # fmt: skip
     assert result.returncode == 0, result.stderr

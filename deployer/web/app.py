@@ -8,7 +8,7 @@ import os
 from flask import Flask
 
 from deployer.settings import Settings
-from deployer.web import auth, http_errors
+from deployer.web import auth, body, http_errors
 from deployer.web.api import api
 from deployer.web.context import Service
 from deployer.web.hooks import hooks
@@ -28,6 +28,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     Service.build(settings).attach(app)
     http_errors.register(app)
     auth.install(app, settings)  # every route but auth.PUBLIC_PATHS needs an identity (docs/service.md "Identity")
+    body.install(app)  # after identity: read, bounded and checked before any view
     app.register_blueprint(hooks)
     app.register_blueprint(api)
     app.register_blueprint(pages)

@@ -185,7 +185,7 @@ def complete(data: bytes | bytearray, *, body_limit: int) -> str:
     lines = head.split("\r\n")[1:]
     fields = dict(line.split(":", 1) for line in lines if ":" in line)
     if "chunked" in fields.get("transfer-encoding", ""):
-        if data.endswith(b"0\r\n\r\n") or body > body_limit:
+        if body > body_limit or _chunks_end(bytes(data[end + 4 :])):
             return "whole"
         return "continue" if body == 0 and "100-continue" in fields.get("expect", "") else "partial"
     try:
@@ -195,6 +195,28 @@ def complete(data: bytes | bytearray, *, body_limit: int) -> str:
     if body >= min(length, body_limit + 1):
         return "whole"
     return "continue" if body == 0 and "100-continue" in fields.get("expect", "") else "partial"
+
+
+def _chunks_end(body: bytes) -> bool:
+    """Whether a chunked `body` has arrived to its end: the last chunk (size 0, perhaps with extensions)
+    and its trailer fields, if any, up to the empty line. Anything malformed counts: the parser answers it."""
+    at = 0
+    while True:
+        line_end = body.find(b"\r\n", at)
+        if line_end < 0:
+            return len(body) - at > HEADER_LIMIT
+        try:
+            size = int(body[at:line_end].split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            return True
+        if size < 0:
+            return True
+        if size == 0:
+            trailers = body[line_end + 2 :]
+            return trailers.startswith(b"\r\n") or b"\r\n\r\n" in trailers or len(trailers) > HEADER_LIMIT
+        at = line_end + 2 + size + 2
+        if at > len(body):
+            return False
 
 
 def _readable(watched: list[Any], timeout: float) -> list[Any]:

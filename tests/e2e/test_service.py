@@ -6,6 +6,7 @@ Slow clients meet the real web workers, directly and behind a real Traefik (PyPI
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import subprocess
 import threading
@@ -220,6 +221,62 @@ def test_fifty_slow_clients_straight_at_the_service_hold_no_web_worker(served: s
         for sock in stalled:
             sock.close()
     assert http("GET", f"{served}/healthz")[0] == 200
+
+
+def _raw(port: int, request: bytes) -> bytes:
+    """Send `request` as is on a new connection and read the whole answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(request)
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
+        return _read_to_end(sock)
+
+
+def _status(answer: bytes) -> int:
+    assert answer.startswith(b"HTTP/1."), answer[:200]
+    return int(answer.split(b" ", 2)[1])
+
+
+def test_chunked_bodies_and_huge_headers_straight_at_the_service(served: str, repo: ConfigRepo) -> None:
+    """Raw requests no client library sends: a signed delivery in chunks (odd sizes, a chunk extension, a
+    trailer) is accepted like any other; chunks past DEPLOYER_MAX_BODY, a bad chunk size, headers of 100 KiB
+    and 500 header lines are answered with a 4xx, never a 5xx, and nothing is queued; the service answers
+    the next request at once."""
+    port = int(served.rsplit(":", 1)[1])
+    body, headers = _pushed(repo)
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items() if k.lower() != "content-length")
+    start = f"POST /webhook HTTP/1.1\r\nHost: deployer\r\nConnection: close\r\n{head}".encode()
+
+    pieces = [body[:1], body[1:700], body[700:]]
+    chunked = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) for p in pieces if p) + b"0\r\nX-Trailer: t\r\n\r\n"
+    answer = _raw(port, start + b"Transfer-Encoding: chunked\r\n\r\n" + chunked)
+    assert _status(answer) == 202, answer
+    queued = json.loads(answer.split(b"\r\n\r\n", 1)[1])["deployment_id"]
+
+    huge = b"x" * (2 * 1024 * 1024)
+    refused = {
+        "chunks past the body limit": start
+        + b"Transfer-Encoding: chunked\r\n\r\n"
+        + b"".join(b"100000\r\n" + huge[:0x100000] + b"\r\n" for _ in range(2))
+        + b"0\r\n\r\n",
+        "a chunk size that is not hex": start + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+        "a 100 KiB header": start + b"X-Big: " + b"a" * (100 * 1024) + b"\r\nContent-Length: 2\r\n\r\n{}",
+        "500 header lines": start + b"".join(b"X-H%d: v\r\n" % i for i in range(500)) + b"Content-Length: 2\r\n\r\n{}",
+        "Content-Length and chunked at once": start
+        + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"2\r\n{}\r\n0\r\n\r\n",
+    }
+    statuses = {what: _status(_raw(port, request)) for what, request in refused.items()}
+    assert statuses == {
+        "chunks past the body limit": 413,  # not cut at the limit and then a misleading 401
+        "a chunk size that is not hex": 400,  # gunicorn raises while the view reads: was a 500
+        "a 100 KiB header": 431,
+        "500 header lines": 431,
+        "Content-Length and chunked at once": 400,  # request smuggling's shape: gunicorn refuses it
+    }
+    assert http("GET", f"{served}/healthz")[0] == 200
+    deployments = http("GET", f"{served}/api/deployments?limit=50")[1]
+    assert [d["id"] for d in deployments] == [queued], "a refused request queued a deployment"
 
 
 def test_behind_traefik_buffering_stalled_clients_never_reach_a_web_worker(

@@ -86,9 +86,14 @@ def test_a_client_that_closed_already_closes_at_once(pair: tuple[socket.socket, 
         (b"POST / HTTP/1.1\r\nContent-Length: nine\r\n\r\n", "whole"),  # malformed: the parser answers it
         (HEAD % 10_000_000 + b"x" * 101, "whole"),  # past the body limit: the app answers 413
         (b"GET / HTTP/1.1\r\nX: " + b"a" * 70_000, "whole"),  # endless headers: the parser refuses them
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2;x=1\r\n{}\r\n0;y\r\nT: 1\r\n\r\n", "whole"),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nT: 1\r\n", "partial"),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n0\r\n\r\n", "partial"),  # data, not the end
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n", "whole"),  # the parser answers it
     ],
     ids=["head-partial", "body-partial", "body-whole", "no-body", "expect", "chunked-partial", "chunked-whole",
-         "bad-length", "over-limit", "huge-headers"],
+         "bad-length", "over-limit", "huge-headers", "chunked-trailer", "chunked-trailer-partial",
+         "chunked-data-looks-like-end", "chunked-bad-size"],
 )  # fmt: skip
 def test_complete_knows_a_whole_request(data: bytes, state: str) -> None:
     """A web worker hands a request to gunicorn's parser only once it is whole (or past reading further)."""

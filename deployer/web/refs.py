@@ -16,7 +16,9 @@ from deployer.settings import Settings
 
 __all__ = ["resolve", "stacks_at"]
 
-_REF = re.compile(r"^(?!-)[A-Za-z0-9._/@{}^~-]{1,200}$")
+#: any name git allows for a branch or tag (slashes, '+', '#', non-ASCII), or a commit expression (`~`, `^`);
+#: never an option (a leading '-'), white space, control characters or git's glob and path characters
+_REF = re.compile(r"^(?!-)[^\x00-\x20\x7f\\:?*\[]{1,200}$")
 
 
 def resolve(settings: Settings, runner: CommandRunner, ref: str) -> str:

@@ -316,3 +316,34 @@ def test_a_signed_push_with_malformed_fields_is_a_400_naming_the_field_and_queue
 def _object_format_known(served: Served) -> bool:
     with sqlite3.connect(served.state / "state.db") as db:
         return db.execute("SELECT value FROM meta WHERE key = 'object_format'").fetchone() is not None
+
+
+ODD = "release/2026.12+hotfix_ü-#1"
+
+
+def test_a_branch_with_odd_characters_deploys_and_its_look_alikes_do_not(
+    serve: Serve, repo: ConfigRepo, forge: ForgeServer, prefix: str
+) -> None:
+    """DEPLOYER_BRANCH may be any name git allows (slashes, '+', '#', non-ASCII): pushes to it deploy;
+    pushes to names that differ by a byte, by case, or by a trailing slash or space are ignored; a manual
+    request with no ref (it used to be refused: the branch's name failed the ref check) deploys its head."""
+    name = f"{prefix}-app"
+    git(repo.path, "branch", "--move", "main", ODD)
+    first = version(repo, name, "1")
+    served = serve(DEPLOYER_BRANCH=ODD)
+    assert served.finished(served.push(first, branch=ODD))["state"] == "succeeded"
+    assert container_env(name)["VERSION"] == "1"
+
+    second = version(repo, name, "2")
+    for alike in (f"{ODD}x", ODD.upper(), f"{ODD}/", f"{ODD} ", "main", ODD.replace("ü", "u")):
+        delivery = sign("gitea", push_payload("gitea", after=second, before=first, branch=alike), SECRET)
+        status, answer = http("POST", f"{served.base}/webhook", body=delivery.body, headers=delivery.headers)
+        assert status == 200 and "ignored" in answer, (alike, status, answer)
+    assert [d["commit"] for d in served.deployments()] == [first]
+    assert served.finished(served.push(second, before=first, branch=ODD))["state"] == "succeeded"
+    status, answer = http("POST", f"{served.base}/api/deployments", body=b'{"force": true}',
+                          headers={"Content-Type": "application/json"})  # fmt: skip
+    assert status == 202, answer
+    assert served.finished(answer["deployment_id"])["commit"] == second
+    assert container_env(name)["VERSION"] == "2"
+    wait_for(lambda: forge.latest(second).get("deployer") == "success", timeout=30, what="the final status")

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -119,6 +120,17 @@ def machine_line(info: Mapping[str, str]) -> str:
     )
 
 
+def conditions(info: Mapping[str, str], *, runs: int, waited: float, busy: int, loads: Sequence[float]) -> str:
+    """A report's lines on the machine, the date and the load that N paired runs after `wait_until_idle` met."""
+    return (
+        f"- Machine: {machine_line(info)}\n"
+        f"- Date: {info['date']}; N = {runs} runs of each; load average before: {info['load']}\n"
+        f"- Waited {waited:.0f} s for no pytest and a 1-minute load average < 1.5 (the latter at most 2 min). At the\n"
+        f"  start of the runs: pytest running in {busy} of them; 1-minute load average median "
+        f"{statistics.median(loads):.2f},\n  max {max(loads):.2f} (others share this machine)."
+    )
+
+
 def stats(values: Sequence[float]) -> dict[str, float]:
     """Median and spread: min/max, p10/p90 and the quartiles (inclusive method, so n >= 2 works)."""
     data = sorted(values)
@@ -136,6 +148,12 @@ def stats(values: Sequence[float]) -> dict[str, float]:
         "q1": quartiles[0],
         "q3": quartiles[-1],
     }
+
+
+def percentile(values: Sequence[float], q: int) -> float:
+    """The q-th percentile (inclusive method, as `stats`)."""
+    data = sorted(values) if len(values) > 1 else list(values) * 2
+    return statistics.quantiles(data, n=100, method="inclusive")[q - 1]
 
 
 def fmt(values: Sequence[float], unit: str = "s", scale: float = 1.0, digits: int = 2) -> str:
@@ -173,6 +191,30 @@ def timed(fn: Callable[[], object], runs: int, setup: Callable[[], object] = lam
         fn()
         result.append(time.perf_counter() - started)
     return result
+
+
+def paired_runs(runs: int, ours: Callable[[int], tuple[float, dict[str, float]]], bare: Callable[[int], float],
+                before: Callable[[], object] = lambda: None) -> tuple[list[float], list[float], list[float],
+                                                                      list[dict[str, float]]]:  # fmt: skip
+    """`runs` runs of ours and of the bare baseline, the order alternating each run (`before` ahead of each pair),
+    each printed: ours' times, the baseline's, the overheads paired per run and ours' phases."""
+    ours_t: list[float] = []
+    bare_t: list[float] = []
+    diffs: list[float] = []
+    splits: list[dict[str, float]] = []
+    for run in range(runs):
+        before()
+        if run % 2 == 0:
+            (o, split), b = ours(run), bare(run)
+        else:
+            b, (o, split) = bare(run), ours(run)
+        ours_t.append(o)
+        bare_t.append(b)
+        diffs.append(o - b)
+        splits.append(split)
+        print(f"run {run + 1}: deployer {o:.3f} s, compose {b:.3f} s, overhead {o - b:+.3f} s "
+              + " ".join(f"{k}={v:.3f}" for k, v in split.items()), flush=True)  # fmt: skip
+    return ours_t, bare_t, diffs, splits
 
 
 def epoch(stamp: str) -> float:
@@ -297,6 +339,29 @@ def docker_main(description: str, runs: int, measure: Callable[[argparse.Namespa
             return measure(args, prefix, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def rotated(items: Sequence[Any], run: int) -> list[Any]:
+    """`items` rotated by `run`: each takes every place in turn over the runs."""
+    k = run % len(items)
+    return [*items[k:], *items[:k]]
+
+
+def met(value: bool) -> str:
+    """How a report says whether a target was met."""
+    return "met" if value else "NOT met"
+
+
+def yes(value: bool) -> str:
+    return "yes" if value else "no"
+
+
+def publish(name: str, body: str, *, write_docs: bool) -> None:
+    """Print a benchmark's section after a blank line; with --write-docs also replace it in docs/benchmarks.md."""
+    print()
+    print(body)
+    if write_docs:
+        write_section(name, body)
 
 
 def write_section(name: str, body: str) -> None:

@@ -1,4 +1,4 @@
-"""The processes benchmarks/record.py starts, each importing `deployer` from the tree under test.
+"""The child processes of benchmarks/record_cost.py and record_backlog.py, each importing `deployer` from its tree.
 
   deploy  with PYTHONPATH at one deployer tree: K deployments of a config repository's commits, each
           as the service makes it (the web worker's `Service.enqueue_push`, the deploy worker's
@@ -66,8 +66,8 @@ SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
 class NoBackend:
     """A stack backend whose every stack is valid and comes up at once: no engine in the measurement."""
 
-    def check(self, stack: object, *, workdir: Path, env: object) -> None:
-        pass
+    def check(self, stack: object, *, workdir: Path, env: object) -> dict[str, object]:
+        return {}  # the resolved config, which trees since the host policy (15ce79d) judge: nothing in it
 
     def up(self, stack: object, *, workdir: Path, env: object, force: bool = False) -> str:
         return ""

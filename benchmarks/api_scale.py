@@ -17,7 +17,6 @@ Run from the repository root: `python -m benchmarks.api_scale [--runs 200] [--wr
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import random
@@ -34,12 +33,11 @@ from typing import Any
 
 import flask
 
-try:
-    from benchmarks import _common as c
-except ImportError:  # run as `python benchmarks/api_scale.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from benchmarks import _common as c
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also when run as `python benchmarks/api_scale.py`
 
+from benchmarks import _common as c
+from benchmarks._procs import request
+from benchmarks._statedb import DEPLOYMENT_COLUMNS, Rows, compose_output
 from benchmarks.convergence import Service
 from deployer.model import rfc3339
 from deployer.settings import Settings
@@ -81,22 +79,6 @@ def _pick(rng: random.Random, choices: Sequence[tuple[str, float]]) -> str:
     return rng.choices([name for name, _ in choices], weights=[w for _, w in choices])[0]
 
 
-def compose_output(rng: random.Random, stack: str, *, big: bool, failed: bool) -> str:
-    """What `docker compose up --wait` prints, as the service keeps it: ~0.4 KB, or ~4 KB for a big stack."""
-    services = [f"{stack}-{n}" for n in (["app", "worker", "web", "db", "cache", "cron", "proxy", "init"] if big
-                                         else ["app"])]  # fmt: skip
-    lines = [f" Network {stack}_default  Creating", f" Network {stack}_default  Created"]
-    for svc in services:
-        lines += [f" Container {svc}-1  {step}" for step in ("Recreate", "Recreated", "Starting", "Started")]
-    for svc in services:
-        lines += [f" Container {svc}-1  Waiting", f" Container {svc}-1  Healthy"]
-    if big:
-        lines += [f" {svc} Pulling fs layer {rng.randrange(16**12):012x}" for svc in services for _ in range(4)]
-    if failed:
-        lines += [f" Container {services[0]}-1  Error", f"dependency failed: container {services[0]}-1 is unhealthy"]
-    return "\n".join(lines) + "\n"
-
-
 @dataclass
 class Generated:
     path: Path
@@ -110,13 +92,10 @@ class Generated:
 
 
 @dataclass
-class _Rows:
+class _Rows(Rows):
     """The rows being generated, and what the report says about them."""
 
-    deployments: list[tuple[Any, ...]] = field(default_factory=list)
-    stacks: list[tuple[Any, ...]] = field(default_factory=list)
     deliveries: list[tuple[Any, ...]] = field(default_factory=list)
-    last_good: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=lambda: {name: 0 for name, _ in STATES})
     outputs_4k: int = 0
     output_bytes: int = 0
@@ -177,10 +156,6 @@ class _Rows:
 #: each trigger's actor and reason, as the intake records them
 ACTORS = {"webhook": ("op", "push by op"), "poll": (None, "branch head not deployed"),
           "manual": ("alice", "rotated a secret"), "cli": ("root", None)}  # fmt: skip
-DEPLOYMENT_COLUMNS = (
-    "id, commit_sha, ref, trigger, actor, state, created_at, started_at, finished_at, error, error_code, forge_repo,"
-    " forge_api_url, superseded_by, reason, rewound_from, retry_at, requested_stacks, force"
-)
 STACK_COLUMNS = (
     "deployment_id, position, name, action, reasons, state, reason, started_at, finished_at, error, output, depends_on"
 )
@@ -253,29 +228,9 @@ def _stamp(epoch: float | None) -> str | None:
 # --- requests ----------------------------------------------------------------------------------------
 
 
-def request(port: int, path: str, headers: Mapping[str, str] | None = None) -> tuple[float, int, str, int]:
-    """One GET on a new loopback connection: (seconds from connect to the last byte, status, type, bytes)."""
-    started = time.perf_counter()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request("GET", path, headers=dict(headers or {}))
-        response = conn.getresponse()
-        body = response.read()
-    finally:
-        conn.close()
-    took = time.perf_counter() - started
-    return took, response.status, response.getheader("Content-Type") or "", len(body)
-
-
-def percentile(values: Sequence[float], q: int) -> float:
-    """The q-th percentile (inclusive method, as _common.stats)."""
-    data = sorted(values) if len(values) > 1 else list(values) * 2
-    return statistics.quantiles(data, n=100, method="inclusive")[q - 1]
-
-
 def summary(values: Sequence[float]) -> dict[str, float]:
-    return {"median": statistics.median(values) * 1000, "p90": percentile(values, 90) * 1000,
-            "p99": percentile(values, 99) * 1000, "max": max(values) * 1000, "min": min(values) * 1000}  # fmt: skip
+    return {"median": statistics.median(values) * 1000, "p90": c.percentile(values, 90) * 1000,
+            "p99": c.percentile(values, 99) * 1000, "max": max(values) * 1000, "min": min(values) * 1000}  # fmt: skip
 
 
 @dataclass
@@ -591,7 +546,7 @@ def report(args: argparse.Namespace, info: Mapping[str, str], waited: float | No
     else:
         wait_line = f"Waited {waited:.0f} s for no pytest and a 1-minute load average < 1.5 (the latter at most 2 min)."
     targets = [e for e in endpoints if e.target]
-    worst = max(targets, key=lambda e: percentile(e.times, 90))
+    worst = max(targets, key=lambda e: c.percentile(e.times, 90))
     worst_s = summary(worst.times)
     pages_note = "" if m["pages"] else (
         "\n**The pages did not exist when this ran** (`GET /` was not a 200 text/html page): only the API was"
@@ -748,10 +703,7 @@ def main() -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     body = report(args, info, waited, m)
-    print()
-    print(body)
-    if args.write_docs:
-        c.write_section("api_scale", body)
+    c.publish("api_scale", body, write_docs=args.write_docs)
     return 0
 
 

@@ -22,12 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-try:
-    from benchmarks import _common as c
-except ImportError:  # run as `python benchmarks/bringup.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from benchmarks import _common as c
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also when run as `python benchmarks/bringup.py`
 
+from benchmarks import _common as c
 from tests.helpers import ConfigRepo, audit_trail, service
 
 TARGET_RATIO = 1.1
@@ -49,7 +46,9 @@ def write_repo(repo: ConfigRepo, prefix: str) -> None:
     for name, (deps, services) in STACKS.items():
         specs: dict[str, Any] = {}
         for svc, (after, waits) in services.items():
-            extra = {"depends_on": {w: {"condition": "service_healthy"} for w in waits}} if waits else {}
+            extra: dict[str, Any] = {}
+            if waits:
+                extra["depends_on"] = {w: {"condition": "service_healthy"} for w in waits}
             specs[svc] = service(healthy_after=after, **extra)
         block = {"depends_on": [f"{prefix}-{d}" for d in deps], "wait_timeout": 120}
         repo.stack(f"{prefix}-{name}", specs, deployer=block)
@@ -163,11 +162,7 @@ default `DEPLOYER_MAX_PARALLEL=4`) and the sequential baseline (`docker compose 
 The critical path sums, per run, the stacks' own times from the sequential run along the longest
 dependency chain (usually {common_path}). One unmeasured warm-up deploy first.
 
-- Machine: {c.machine_line(info)}
-- Date: {info["date"]}; N = {len(ours_t)} runs of each; load average before: {info["load"]}
-- Waited {waited:.0f} s for no pytest and a 1-minute load average < 1.5 (the latter at most 2 min). At the
-  start of the runs: pytest running in {busy} of them; 1-minute load average median {statistics.median(loads):.2f},
-  max {max(loads):.2f} (others share this machine).
+{c.conditions(info, runs=len(ours_t), waited=waited, busy=busy, loads=loads)}
 
 {c.table(["what", "median (spread)"], rows)}
 
@@ -180,10 +175,7 @@ Ours vs strictly sequential: {statistics.median(vs_seq):.3f}x.
 
 Reproduce: `python -m benchmarks.bringup --runs {len(ours_t)} --wait-idle --write-docs`
 """
-    print()
-    print(body)
-    if args.write_docs:
-        c.write_section("bringup", body)
+    c.publish("bringup", body, write_docs=args.write_docs)
 
 
 if __name__ == "__main__":

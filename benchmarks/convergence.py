@@ -25,7 +25,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,12 +40,10 @@ from typing import Any
 
 import yaml
 
-try:
-    from benchmarks import _common as c
-except ImportError:  # run as `python benchmarks/convergence.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from benchmarks import _common as c
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also when run as `python benchmarks/convergence.py`
 
+from benchmarks import _common as c
+from benchmarks._trees import imported_from
 from deployer.fetch import Mirror
 from tests.deliveries import push_payload, sign
 from tests.helpers import TEST_IMAGE, ConfigRepo, audit_trail, git, service
@@ -63,12 +60,6 @@ FINISHED = ("succeeded", "failed", "superseded")
 
 
 # --- a running `deployer serve` ------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def http(
@@ -100,7 +91,7 @@ class Service:
     """One `deployer serve` process (gunicorn master; it starts and stops its deploy worker)."""
 
     def __init__(self, argv: list[str], env: dict[str, str], *, log: Path, cwd: Path) -> None:
-        self.port = free_port()
+        self.port = c.free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log
         self._log = log.open("w")
@@ -312,17 +303,6 @@ def baseline_worktree(tmp: Path) -> Iterator[Path]:
     finally:
         subprocess.run(["git", "-C", str(c.ROOT), "worktree", "remove", "--force", str(path)], check=False,
                        capture_output=True)  # fmt: skip
-
-
-def imported_from(src: Path, cwd: Path) -> str:
-    """Where `import deployer` finds its code with PYTHONPATH=src, run from cwd as the service runs."""
-    probe = "import deployer, deployer.jobs, deployer.web.app; print(deployer.jobs.__file__)"
-    env = {**os.environ, "PYTHONPATH": str(src)}
-    out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=cwd, capture_output=True, text=True, check=True)
-    where = out.stdout.strip()
-    if not where.startswith(str(src)):
-        raise RuntimeError(f"PYTHONPATH={src} imports deployer from {where}, not from the baseline worktree")
-    return where
 
 
 def measure_t1(args: argparse.Namespace, prefix: str, tmp: Path, rng: random.Random) -> dict[str, Any]:
@@ -621,10 +601,7 @@ def measure(args: argparse.Namespace, prefix: str, tmp: Path) -> int:
     t1 = measure_t1(args, prefix, tmp, rng)
     t2 = measure_t2(args, prefix, tmp)
     body = report(args, info, waited, t1, t2)
-    print()
-    print(body)
-    if args.write_docs:
-        c.write_section("convergence", body)
+    c.publish("convergence", body, write_docs=args.write_docs)
     return 0
 
 

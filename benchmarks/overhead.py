@@ -18,12 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-try:
-    from benchmarks import _common as c
-except ImportError:  # run as `python benchmarks/overhead.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from benchmarks import _common as c
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also when run as `python benchmarks/overhead.py`
 
+from benchmarks import _common as c
 from tests.helpers import ConfigRepo, audit_trail, service
 
 STACKS = 20
@@ -97,21 +94,15 @@ def measure(args: argparse.Namespace, prefix: str, tmp: Path) -> int:
     ours(-1), bare(-1)  # warm-up: first runs pay for caches (page cache, git packs, image layers)
     waited = c.wait_until_idle() if args.wait_idle else 0.0
     info = c.run_info()
-    ours_t, bare_t, diffs, splits, loads, busy = [], [], [], [], [], 0
-    for run in range(args.runs):
-        busy += c.pytest_running()
+    loads: list[float] = []
+    busy: list[bool] = []
+
+    def sample() -> None:
+        busy.append(c.pytest_running())
         loads.append(os.getloadavg()[0])
-        if run % 2 == 0:
-            (o, split), b = ours(run), bare(run)
-        else:
-            b, (o, split) = bare(run), ours(run)
-        ours_t.append(o)
-        bare_t.append(b)
-        diffs.append(o - b)
-        splits.append(split)
-        print(f"run {run + 1}: deployer {o:.3f} s, compose {b:.3f} s, overhead {o - b:+.3f} s "
-              + " ".join(f"{k}={v:.3f}" for k, v in split.items()), flush=True)  # fmt: skip
-    report(args, info=info, waited=waited, busy=busy, loads=loads, first=first, ours_t=ours_t, bare_t=bare_t,
+
+    ours_t, bare_t, diffs, splits = c.paired_runs(args.runs, ours, bare, before=sample)
+    report(args, info=info, waited=waited, busy=sum(busy), loads=loads, first=first, ours_t=ours_t, bare_t=bare_t,
            diffs=diffs, splits=splits)  # fmt: skip
     return 0
 
@@ -149,11 +140,7 @@ process of the console script, state directory warm). The baseline in the same r
 `docker compose -p <same project> -f <file> up --detach --wait --wait-timeout 60 --remove-orphans` for
 the same kind of change (another value). Order alternates each run; one unmeasured warm-up of each first.
 
-- Machine: {c.machine_line(info)}
-- Date: {info["date"]}; N = {len(ours_t)} runs of each; load average before: {info["load"]}
-- Waited {waited:.0f} s for no pytest and a 1-minute load average < 1.5 (the latter at most 2 min). At the
-  start of the runs: pytest running in {busy} of them; 1-minute load average median {statistics.median(loads):.2f},
-  max {max(loads):.2f} (others share this machine).
+{c.conditions(info, runs=len(ours_t), waited=waited, busy=busy, loads=loads)}
 
 {c.table(["what", "median (spread)"], rows)}
 
@@ -167,10 +154,7 @@ distinct last-good commit and the plan; *preflight* is `docker compose config` o
 
 Reproduce: `python -m benchmarks.overhead --runs {len(ours_t)} --wait-idle --write-docs`
 """
-    print()
-    print(body)
-    if args.write_docs:
-        c.write_section("overhead", body)
+    c.publish("overhead", body, write_docs=args.write_docs)
 
 
 if __name__ == "__main__":

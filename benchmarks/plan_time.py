@@ -20,12 +20,9 @@ from typing import Any
 
 import yaml
 
-try:
-    from benchmarks import _common as c
-except ImportError:  # run as `python benchmarks/plan_time.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from benchmarks import _common as c
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also when run as `python benchmarks/plan_time.py`
 
+from benchmarks import _common as c
 from deployer.fetch import Mirror
 from deployer.model import Catalog, Plan
 from deployer.plan import load_catalog, make_plan
@@ -86,7 +83,7 @@ def random_change(number: int, rnd: random.Random, specs: list[dict[str, Any]]) 
 
 def generate(repo: ConfigRepo, rnd: random.Random) -> tuple[list[str], list[list[str]]]:
     """Write the history with git fast-import; return the commit shas and each commit's touched paths."""
-    specs = []
+    specs: list[dict[str, Any]] = []
     for i in range(STACKS):
         block: dict[str, Any] = {"wait_timeout": 120}
         if i:

@@ -23,12 +23,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-try:
-    from benchmarks import _common as c
-except ImportError:  # run as `python benchmarks/push.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from benchmarks import _common as c
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also when run as `python benchmarks/push.py`
 
+from benchmarks import _common as c
 from tests.deliveries import push_payload, sign
 from tests.helpers import ConfigRepo, audit_trail, service
 
@@ -123,18 +120,7 @@ def measure(args: argparse.Namespace, prefix: str, tmp: Path) -> int:
         ours(-1), bare(-1)  # warm-up
         waited = c.wait_until_idle() if args.wait_idle else 0.0
         info = c.run_info()
-        ours_t, bare_t, diffs, splits = [], [], [], []
-        for run in range(args.runs):
-            if run % 2 == 0:
-                (o, split), b = ours(run), bare(run)
-            else:
-                b, (o, split) = bare(run), ours(run)
-            ours_t.append(o)
-            bare_t.append(b)
-            diffs.append(o - b)
-            splits.append(split)
-            print(f"run {run + 1}: deployer {o:.3f} s, compose {b:.3f} s, overhead {o - b:+.3f} s "
-                  + " ".join(f"{k}={v:.3f}" for k, v in split.items()), flush=True)  # fmt: skip
+        ours_t, bare_t, diffs, splits = c.paired_runs(args.runs, ours, bare)
     report(args, info=info, waited=waited, ours_t=ours_t, bare_t=bare_t, diffs=diffs, splits=splits)
     return 0
 

@@ -27,7 +27,8 @@ def submit(
 ) -> Enqueued:
     """Record a deployment as `intake` asks; `running` when the caller runs it at once (no worker claims it).
 
-    A webhook delivery seen before comes back as a duplicate, and nothing is written.
+    A webhook delivery seen before comes back as a duplicate, and nothing is written. Without a `target`
+    (DEPLOYER_FORGE_REPO unset, no webhook behind it), statuses go where the last webhook's went.
     """
     deployment_id = new_deployment_id()
     forge, delivery_id = intake.delivery or (None, None)
@@ -36,6 +37,8 @@ def submit(
         "actor": intake.actor, "reason": intake.reason, "stacks": list(intake.stacks) or None,
         "force": intake.force or None, "forge": forge, "delivery_id": delivery_id,
     })  # fmt: skip
+    if target is None and settings.forge is not None:
+        target = queue.last_target(settings.forge)  # a poll, a retry, a person: the repository a webhook named
     statuses: tuple[tuple[StatusTarget, str, CommitStatus], ...] = ()
     if target is not None and intake.commit is not None:
         pending = describe_queued(intake.commit, deployment_id, target_url=target_url(settings, deployment_id))

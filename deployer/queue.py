@@ -213,6 +213,15 @@ class Queue:
             ).fetchone()
         return None if row is None else StatusTarget(row["forge"], row["api_url"], row["repo"])
 
+    def last_target(self, forge: str) -> StatusTarget | None:
+        """Where the newest status for `forge` went: the repository a webhook named, for deployments no
+        webhook started (polls, retries, people) when DEPLOYER_FORGE_REPO is not set."""
+        with self.store.read() as db:
+            row = db.execute(
+                "SELECT forge, api_url, repo FROM status_outbox WHERE forge = ? ORDER BY id DESC LIMIT 1", (forge,)
+            ).fetchone()
+        return None if row is None else StatusTarget(row["forge"], row["api_url"], row["repo"])
+
     def undelivered(self, *, now: float | None = None, limit: int = 50) -> list[Undelivered]:
         """Statuses due now, oldest first, at most one per (sha, context) so that order is kept."""
         now = time.time() if now is None else now

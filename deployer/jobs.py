@@ -18,21 +18,41 @@ import threading
 import time
 from collections.abc import Sequence
 from contextlib import suppress
-from functools import partial
 
 import git
 import requests
 
-from deployer.errors import ConfigError, DeployerError, StateUnavailableError
+from deployer.errors import BusyError, ConfigError, DeployerError, FetchError, StateUnavailableError
 from deployer.intake import submit
-from deployer.model import DeploymentState, Event, Intake, Outcome, Plan, StatusTarget, Told, Trigger, rfc3339
-from deployer.pipeline import BRANCH_TRIGGERS, Deps, Request, SilentProgress, branch_head, converged, deploy
+from deployer.lock import deploy_lock, worker_lock
+from deployer.model import (
+    DeploymentState,
+    Event,
+    Intake,
+    Outcome,
+    Plan,
+    Reason,
+    StatusTarget,
+    Told,
+    Trigger,
+    rfc3339,
+)
+from deployer.pipeline import (
+    BRANCH_TRIGGERS,
+    Deps,
+    Request,
+    SilentProgress,
+    branch_head,
+    converged,
+    deploy,
+    superseded_statuses,
+)
 from deployer.plan.retry import Step, next_step
 from deployer.queue import Claim, Queue, Undelivered
 from deployer.report.forges import POSTERS, GiveUp, Retry
 from deployer.report.loki import LokiClient, ship_batch
 from deployer.report.notify import Notifier
-from deployer.report.statuses import describe_running, describe_superseded
+from deployer.report.statuses import describe_running
 from deployer.report.targets import status_target, target_url
 from deployer.state import StateStore
 from deployer.wake import Doorbell
@@ -69,13 +89,21 @@ class Worker:
         self._object_format: str | None = None
         #: the branch head this worker last fetched, and when (monotonic)
         self._fetched: tuple[str, float] | None = None
+        #: forge API URL -> the time (epoch) before which it is sent nothing: it failed, or asked (Retry-After)
+        self._forge_quiet: dict[str, float] = {}
 
     def run(self, stop: threading.Event) -> None:
         """Drain the queue until `stop` is set; a deployment under way is finished first.
 
         With polling on, the branch is reconciled at start and every `poll_interval` seconds; with it
-        on or off, whenever a retry of a transient failure falls due.
+        on or off, whenever a retry of a transient failure falls due. One worker per state directory:
+        another one (a second `deployer serve` on it) waits for the worker lock, doing nothing.
         """
+        with worker_lock(self.deps.settings.state_dir, stop=stop) as mine:
+            if mine:
+                self._drain(stop)
+
+    def _drain(self, stop: threading.Event) -> None:
         self.doorbell.listen()
         reporter = threading.Thread(target=self._report_forever, args=(stop,), name="statuses", daemon=True)
         reporter.start()
@@ -90,8 +118,7 @@ class Worker:
         stuck = False  # the state store could not be written at the last try
         while not stop.is_set():
             try:
-                if resume is not None:
-                    self._resume(resume)
+                if resume is not None and self._resume(resume):
                     resume = None
                 if stuck:
                     log.info("the state store can be written again: deploying")
@@ -119,13 +146,22 @@ class Worker:
         reporter.join(timeout=5)
         self.doorbell.close()
 
-    def _resume(self, why: str) -> None:
-        """Queue again the deployments left running (a restart, a store that could not be written)."""
-        resumed = self.queue.requeue_interrupted(
-            told=lambda ids: Told(tuple(Event("deployment.resumed", {"deployment_id": id_, "commit": None,
-                                                                      "reason": why}) for id_ in ids)))  # fmt: skip
+    def _resume(self, why: str) -> bool:
+        """Queue again the deployments left running (a restart, a store that could not be written); False
+        when the deploy lock is held: what runs then is not interrupted (a `deployer deploy` by hand), look later."""
+
+        def told(ids: list[str]) -> Told:
+            return Told(tuple(Event("deployment.resumed", {"deployment_id": id_, "commit": None, "reason": why})
+                              for id_ in ids))  # fmt: skip
+
+        try:
+            with deploy_lock(self.deps.settings.state_dir):
+                resumed = self.queue.requeue_interrupted(told=told)
+        except BusyError:
+            return False
         if resumed:
             log.warning("resuming deployments (%s): %s", why, ", ".join(resumed))
+        return True
 
     def heartbeat(self) -> None:
         """Tell readiness checks that this worker lives and whether the engine answers."""
@@ -157,6 +193,10 @@ class Worker:
                           actor=claim.actor, stacks=claim.stacks, force=claim.force, reason=claim.reason,
                           fetch=not fresh)  # fmt: skip
         outcome = deploy(self.deps, request, deployment_id=claim.deployment_id, progress=progress, target=target)
+        if request.fetch and outcome.reason is Reason.FETCH_FAILED:
+            self._say_fetched(outcome.error)
+        elif request.fetch and (outcome.results or outcome.state is not DeploymentState.FAILED):
+            self._say_fetched(None)  # it got past the fetch
         log.info("deployment %s of %s: %s%s", claim.deployment_id, claim.commit[:12], outcome.state,
                  f" ({outcome.reason}: {outcome.error})" if outcome.error else "")  # fmt: skip
         if request.follows_branch and outcome.state is not DeploymentState.SUCCEEDED:
@@ -173,9 +213,16 @@ class Worker:
         ref = f"refs/heads/{settings.branch}"
         repo_url = str(settings.repo_url)
         try:
-            head = branch_head(self.deps, repo_url=repo_url) if fetch else self.deps.mirror(repo_url).resolve(ref)
             if fetch:
+                try:
+                    head = branch_head(self.deps, repo_url=repo_url)
+                except FetchError as error:
+                    self._say_fetched(error.message)
+                    raise
                 self._fetched = (head, time.monotonic())
+                self._say_fetched(None)
+            else:
+                head = self.deps.mirror(repo_url).resolve(ref)
             done = self._is_converged(head)
         except DeployerError as error:
             log.warning("reconcile: %s", error.message)
@@ -192,6 +239,10 @@ class Worker:
         if latest is not None and latest.commit == head and latest.state is DeploymentState.FAILED:
             self.deps.store.set_retry(latest.deployment_id, None)
         return self._queue_head(head, ref, why=decision.why)
+
+    def _say_fetched(self, error: str | None) -> None:
+        """Whether the last fetch of the branch worked, for /readyz (a remote that is down, or never answers)."""
+        self.queue.set_meta("fetch", {"ok": error is None, "error": error, "at": time.time()})
 
     def _is_converged(self, head: str) -> bool:
         seen = (head, tuple(sorted(self.deps.store.last_good().items())))
@@ -215,10 +266,15 @@ class Worker:
         })  # fmt: skip
 
     def deliver_statuses(self, *, now: float | None = None) -> int:
-        """Send every status that is due (at `now`); return how many are still waiting."""
+        """Send every status that is due (at `now`); return how many are still waiting.
+
+        A forge that failed a status, or asked to be left alone (429 or 503 with Retry-After), is sent
+        nothing more until that status is due again: its other statuses wait too, rather than hammer it.
+        """
         waiting = 0
+        at = time.time() if now is None else now
         for item in self.queue.undelivered(now=now):
-            if not self._deliver(item):
+            if self._forge_quiet.get(item.target.api_url, 0.0) > at or not self._deliver(item):
                 waiting += 1
         return waiting
 
@@ -227,10 +283,11 @@ class Worker:
         try:
             post(self.session, item.target.api_url, item.target.repo, self.deps.settings.forge_token, item.status)
         except Retry as error:
-            delay = min(2.0 ** (item.attempts + 1), MAX_BACKOFF)
+            delay = max(min(2.0 ** (item.attempts + 1), MAX_BACKOFF), error.after or 0.0)
             log.warning("status %s for %s not delivered (%s); retrying in %.0fs", item.status.context,
                         item.status.sha[:12], error, delay)  # fmt: skip
             self.queue.retry_later(item.id, delay=delay, error=str(error))
+            self._forge_quiet[item.target.api_url] = time.time() + delay
             return False
         except GiveUp as error:
             log.error("status %s for %s refused by the forge: %s", item.status.context, item.status.sha[:12], error)
@@ -257,8 +314,8 @@ class Worker:
                 shipped = ship_batch(store, client, now_ns=time.time_ns())
                 delay = 0.0
                 self.queue.set_meta("loki", {"ok": True, "error": None, "at": time.time()})
-            except Retry as error:
-                delay = min(max(1.0, delay * 2), MAX_SHIP_BACKOFF)
+            except Retry as error:  # not before Loki's Retry-After, if it sent one
+                delay = max(min(max(1.0, delay * 2), MAX_SHIP_BACKOFF), error.after or 0.0)
                 log.warning("audit events not shipped to Loki (%s); retrying in %.0fs", error, delay)
                 with suppress(StateUnavailableError):
                     self.queue.set_meta("loki", {"ok": False, "error": str(error), "at": time.time()})
@@ -302,11 +359,11 @@ class Worker:
     def _superseded(self, overtaken: Sequence[tuple[str, str]], *, by: str, target: StatusTarget | None) -> Told:
         """What superseding deployments (id, commit) by commit `by` tells: an event and a final status
         each, written in the transaction that supersedes them, however many a burst of pushes left behind."""
-        url = partial(target_url, self.deps.settings)
         events = tuple(Event("deployment.superseded", {"deployment_id": id_, "commit": commit, "superseded_by": by})
                        for id_, commit in overtaken)  # fmt: skip
         statuses = () if target is None else tuple(
-            (target, id_, describe_superseded(commit, by, target_url=url(id_))) for id_, commit in overtaken
+            (target, id_, status) for id_, commit in overtaken
+            for status in superseded_statuses(self.deps, commit, by=by, deployment_id=id_)
         )  # fmt: skip
         return Told(events, statuses)
 

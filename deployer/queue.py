@@ -38,6 +38,13 @@ UNDELIVERED = (
     " AND next_attempt <= ? ORDER BY id LIMIT ?"
 )
 
+#: undelivered statuses a newer undelivered one of the same commit, context and repository replaces
+REPLACED = (
+    "UPDATE status_outbox SET done_at = ?, last_error = ? WHERE done_at IS NULL AND EXISTS ("
+    " SELECT 1 FROM status_outbox n WHERE n.done_at IS NULL AND n.sha = status_outbox.sha"
+    " AND n.context = status_outbox.context AND n.repo = status_outbox.repo AND n.id > status_outbox.id)"
+)
+
 _REASON_CODES = frozenset(str(r) for r in Reason)
 _TRANSIENT_CODES = frozenset(str(r) for r in TRANSIENT)
 
@@ -223,8 +230,15 @@ class Queue:
         return None if row is None else StatusTarget(row["forge"], row["api_url"], row["repo"])
 
     def undelivered(self, *, now: float | None = None, limit: int = 50) -> list[Undelivered]:
-        """Statuses due now, oldest first, at most one per (sha, context) so that order is kept."""
+        """Statuses due now, oldest first, at most one per (sha, context) so that order is kept.
+
+        A status with a newer one of its commit and context waiting behind it is never sent: a forge shows
+        the last state of a context, and a burst of pushes leaves hundreds of `pending` and `superseded`
+        per commit that would otherwise go out one a round. They are marked done, replaced.
+        """
         now = time.time() if now is None else now
+        with self.store.transaction() as db:
+            db.execute(REPLACED, (rfc3339(), "replaced by a newer status before it was sent"))
         with self.store.read() as db:
             rows = db.execute(UNDELIVERED, (now, limit)).fetchall()
         return [

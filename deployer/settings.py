@@ -89,6 +89,8 @@ class Settings:
     #: serve /api and the pages without identity (a loopback-only install); said in the log at start
     insecure_open_api: bool = False
     poll_interval: int = 300
+    #: seconds a fetch of the config repository may take before it is killed (a remote that never answers)
+    fetch_timeout: int = 120
     prune: bool = False
     #: bring a stack that fails at `up` or its health wait back to its last good commit and images
     rollback: bool = True
@@ -136,6 +138,7 @@ class Settings:
             view_groups=_names(environ, "DEPLOYER_VIEW_GROUPS"),
             insecure_open_api=_bool(environ, "DEPLOYER_INSECURE_OPEN_API", default=False),
             poll_interval=_int(environ, "DEPLOYER_POLL_INTERVAL", 300, minimum=0),
+            fetch_timeout=_int(environ, "DEPLOYER_FETCH_TIMEOUT", 120, minimum=1),
             prune=_bool(environ, "DEPLOYER_PRUNE", default=False),
             rollback=_bool(environ, "DEPLOYER_ROLLBACK", default=True),
             host_policy=HostPolicy.parse(

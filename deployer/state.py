@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -195,6 +196,7 @@ DROP INDEX IF EXISTS deployment_stacks_results;
 CREATE INDEX IF NOT EXISTS deployment_stacks_metrics
     ON deployment_stacks (name, state, duration_bucket, duration_ms, finished_at);
 CREATE INDEX IF NOT EXISTS deployments_by_state_and_trigger ON deployments (state, trigger);
+CREATE INDEX IF NOT EXISTS deployments_by_commit ON deployments (commit_sha, state);
 """
 
 
@@ -218,7 +220,7 @@ class StateStore:
     def __init__(self, path: Path, *, durable: bool = True) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: a transaction's told() may read
         # Writers of every process (web workers, deploy worker, CLI) take this file lock before
         # BEGIN IMMEDIATE: the kernel wakes the next one at once, where SQLite's busy handler would
         # poll with sleeps of up to 100 ms while this process's other threads wait behind _lock.
@@ -308,7 +310,9 @@ class StateStore:
     ) -> None:
         """Mark the deployment running at the plan's commit, with every planned stack pending.
 
-        Orphaned stacks are recorded as such (reported, never run); a rewind is said in the reason.
+        Orphaned stacks are recorded as such (reported, never run); a rewind is said in the reason. A
+        deployment resumed after a crash is planned again: a stack its first run finished and the new plan
+        has again (one that failed or was rolled back) starts over; one it deployed keeps its result.
         """
         depends_on = depends_on or {}
         rewound = f"history rewound from {', '.join(c[:12] for c in plan.rewound_from)}" if plan.rewound_from else None
@@ -322,7 +326,11 @@ class StateStore:
             )  # fmt: skip
             db.executemany(
                 "INSERT INTO deployment_stacks (deployment_id, position, name, action, reasons, state, depends_on)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (deployment_id, name) DO UPDATE SET"
+                " position = excluded.position, action = excluded.action, reasons = excluded.reasons,"
+                " state = excluded.state, depends_on = excluded.depends_on, reason = NULL, started_at = NULL,"
+                " finished_at = NULL, error = NULL, output = NULL, duration_ms = NULL, duration_bucket = NULL,"
+                " images = NULL, rolled_back_to = NULL",
                 [
                     (
                         deployment_id,
@@ -376,6 +384,22 @@ class StateStore:
                     ),
                 )
 
+    def finished_stacks(self, deployment_id: str) -> list[StackResult]:
+        """The stacks of a deployment recorded as finished, in plan order: for one resumed after a crash, also
+        those its first run deployed, which the new plan no longer has."""
+        with self.read() as db:
+            rows = db.execute(
+                "SELECT * FROM deployment_stacks WHERE deployment_id = ? AND state NOT IN (?, ?, ?) ORDER BY position",
+                (deployment_id, StackState.PENDING, StackState.RUNNING, StackState.ORPHANED),
+            ).fetchall()
+        return [
+            StackResult(r["name"], Action(r["action"]), StackState(r["state"]),
+                        reason=Reason(r["reason"]) if r["reason"] in Reason.__members__.values() else None,
+                        error=r["error"], started_at=_epoch(r["started_at"]), finished_at=_epoch(r["finished_at"]),
+                        rolled_back_to=r["rolled_back_to"])
+            for r in rows
+        ]  # fmt: skip
+
     def finish_deployment(self, deployment_id: str, outcome: Outcome, *, told: Told = NOTHING_TOLD) -> None:
         """Record how a deployment ended: its state, why it failed (a Reason) or what superseded it, with
         its final events and statuses."""
@@ -400,6 +424,15 @@ class StateStore:
                 "UPDATE deployments SET state = ?, superseded_by = ?, finished_at = ? WHERE id = ?",
                 (DeploymentState.SUPERSEDED, by, rfc3339(), deployment_id),
             )
+
+    def succeeded_before(self, commit: str) -> str | None:
+        """The newest succeeded deployment of `commit`, if it was ever deployed."""
+        with self.read() as db:
+            row = db.execute(
+                "SELECT id FROM deployments WHERE commit_sha = ? AND state = ? ORDER BY finished_at DESC LIMIT 1",
+                (commit, DeploymentState.SUCCEEDED),
+            ).fetchone()
+        return None if row is None else str(row["id"])
 
     def latest_deployed(self, ref: str) -> str | None:
         """The commit of the newest succeeded deployment of `ref`."""
@@ -667,3 +700,7 @@ def _duration_ms(started: float | None, finished: float | None) -> int | None:
 
 def _stamp(epoch: float | None) -> str | None:
     return None if epoch is None else rfc3339(epoch)
+
+
+def _epoch(stamp: str | None) -> float | None:
+    return None if stamp is None else datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()

@@ -19,6 +19,9 @@ from deployer.errors import FetchError, RefNotFoundError
 __all__ = ["Mirror", "redact_url"]
 
 _SHA = re.compile(r"^[0-9a-f]{4,40}$")
+#: seconds a fetch may take before git (and the ssh or http helper it runs) is killed: git itself never
+#: gives up on a remote that took the connection and does not answer
+FETCH_TIMEOUT = 120.0
 
 
 class Mirror:
@@ -29,10 +32,11 @@ class Mirror:
     more named ref when a person asks for it explicitly (`deployer deploy --ref v1.2`).
     """
 
-    def __init__(self, path: Path, url: str, *, branch: str = "main") -> None:
+    def __init__(self, path: Path, url: str, *, branch: str = "main", fetch_timeout: float = FETCH_TIMEOUT) -> None:
         self.path = path.resolve()
         self.url = _absolute(url)
         self.branch = branch
+        self.fetch_timeout = fetch_timeout
         self._repo: git.Repo | None = None
         # `worktree add` and `worktree prune` edit the mirror's shared worktree list: one at a time.
         self._worktrees = threading.Lock()
@@ -70,14 +74,15 @@ class Mirror:
                     config.remove_option('remote "origin"', "mirror")
                 # generation numbers: ancestry checks stop early instead of reading the whole history
                 config.set_value("fetch", "writeCommitGraph", "true")
-            repo.git.fetch("--force", "--no-tags", "--no-write-fetch-head", "origin", refspec)
+            repo.git.fetch("--force", "--no-tags", "--no-write-fetch-head", "origin", refspec,
+                           kill_after_timeout=self.fetch_timeout)  # fmt: skip
             if (
                 not (self.path / "objects" / "info" / "commit-graph").exists()
                 and not (self.path / "objects" / "info" / "commit-graphs").exists()
             ):
                 repo.git.commit_graph("write", "--reachable")
         except git.GitCommandError as error:
-            cause = _git_error(error)
+            cause = self._fetch_error(error)
             if "couldn't find remote ref" in cause:
                 cause = f"it has no branch {self.branch}"
             raise FetchError(f"cannot fetch {redact_url(self.url)}: {cause}") from error
@@ -92,13 +97,19 @@ class Mirror:
         """
         for candidate in (ref,) if ref.startswith("refs/") else (f"refs/tags/{ref}", f"refs/heads/{ref}"):
             try:
-                self.repo.git.fetch(
-                    "--force", "--no-tags", "--no-write-fetch-head", "origin", f"+{candidate}:{candidate}"
-                )
+                self.repo.git.fetch("--force", "--no-tags", "--no-write-fetch-head", "origin",
+                                    f"+{candidate}:{candidate}", kill_after_timeout=self.fetch_timeout)  # fmt: skip
                 return
             except git.GitCommandError as error:
-                if "couldn't find remote ref" not in _git_error(error):
-                    raise FetchError(f"cannot fetch {ref} from {redact_url(self.url)}: {_git_error(error)}") from error
+                cause = self._fetch_error(error)
+                if "couldn't find remote ref" not in cause:
+                    raise FetchError(f"cannot fetch {ref} from {redact_url(self.url)}: {cause}") from error
+
+    def _fetch_error(self, error: git.GitCommandError) -> str:
+        """Why a fetch failed, in a few words: git's own fatal line, or that the remote did not answer in time."""
+        if "did not complete in" in str(error.stderr or ""):  # GitPython killed it (kill_after_timeout)
+            return f"no answer within {self.fetch_timeout:g}s (DEPLOYER_FETCH_TIMEOUT)"
+        return _git_error(error)
 
     def object_format(self) -> str:
         """`sha1` or `sha256`: how this repository names its objects."""

@@ -17,9 +17,10 @@ from deployer.pipeline.queries import (
     plan_between,
     validate_tree,
 )
+from deployer.pipeline.record import superseded_statuses
 from deployer.pipeline.wiring import BRANCH_TRIGGERS, Deps, Progress, Request, SilentProgress
 
 __all__ = [
     "BRANCH_TRIGGERS", "PLACEHOLDER", "Deps", "Progress", "Request", "SilentProgress", "branch_head", "converged",
-    "deploy", "plan_against_deployed", "plan_between", "validate_tree",
+    "deploy", "plan_against_deployed", "plan_between", "superseded_statuses", "validate_tree",
 ]  # fmt: skip

@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 
 from deployer.errors import DeployerError
 from deployer.intake import submit
 from deployer.model import (
     Action,
+    CommitStatus,
     Event,
     Intake,
     Outcome,
@@ -34,7 +36,7 @@ from deployer.reasons import reason_for
 from deployer.report.statuses import describe_final, describe_superseded
 from deployer.report.targets import target_url
 
-__all__ = ["Recorder"]
+__all__ = ["Recorder", "superseded_statuses"]
 
 log = logging.getLogger("deployer.pipeline")
 
@@ -140,10 +142,27 @@ class Recorder:
         if outcome.superseded_by is not None:
             said += self._event("deployment.superseded", sha, superseded_by=outcome.superseded_by)
             if self.target is not None:
-                status = describe_superseded(sha, outcome.superseded_by, target_url=url)
-                said += Told(statuses=((self.target, self.deployment_id, status),))
+                finals = superseded_statuses(self.deps, sha, by=outcome.superseded_by, deployment_id=self.deployment_id)
+                said += Told(statuses=tuple((self.target, self.deployment_id, s) for s in finals))
         elif self.target is not None:
-            finals = describe_final(outcome, sha, target_url=url)
+            finals = describe_final(self._with_earlier_run(outcome), sha, target_url=url)
             said += Told(statuses=tuple((self.target, self.deployment_id, s) for s in finals))
         self.deps.store.finish_deployment(self.deployment_id, outcome, told=said)
         return outcome
+
+    def _with_earlier_run(self, outcome: Outcome) -> Outcome:
+        """`outcome` with the stacks a first run of this deployment deployed before a crash: resumed, it
+        plans again and no longer has them, but the commit's statuses name every stack it deployed."""
+        again = {r.name for r in outcome.results}
+        earlier = tuple(r for r in self.deps.store.finished_stacks(self.deployment_id) if r.name not in again)
+        return replace(outcome, results=earlier + outcome.results) if earlier else outcome
+
+
+def superseded_statuses(deps: Deps, sha: str, *, by: str, deployment_id: str) -> list[CommitStatus]:
+    """A superseded commit's final statuses: "superseded by", unless it was deployed before (a second
+    delivery of it arrived late): then what that deployment said, again, which this one's `pending` hid."""
+    earlier = deps.store.succeeded_before(sha)
+    if earlier is None:
+        return [describe_superseded(sha, by, target_url=target_url(deps.settings, deployment_id))]
+    then = Outcome(earlier, sha, tuple(deps.store.finished_stacks(earlier)))
+    return describe_final(then, sha, target_url=target_url(deps.settings, earlier))

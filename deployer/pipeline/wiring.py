@@ -58,7 +58,8 @@ class Deps:
         )
 
     def mirror(self, repo_url: str) -> Mirror:
-        return Mirror(self.settings.state_dir / "mirror.git", repo_url, branch=self.settings.branch)
+        return Mirror(self.settings.state_dir / "mirror.git", repo_url, branch=self.settings.branch,
+                      fetch_timeout=self.settings.fetch_timeout)  # fmt: skip
 
     @property
     def checkouts(self) -> Path:

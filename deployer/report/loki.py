@@ -4,8 +4,9 @@ Each event goes out with the timestamp and line fixed when it was recorded (depl
 stream labelled `service_name="deployer"` and `source="audit"`: commit, stack and ids stay in the
 line. A resend after a crash is therefore the same entry, which Loki drops as a duplicate: the
 shipper marks a batch shipped only after Loki's 2xx, and relies on that for "once in effect".
-Connection errors, timeouts, 429, 5xx and a wrong token, tenant or URL (401, 403, 404) are retried;
-a 400 or 413 is not (Loki says why: that batch is set aside).
+Connection errors, timeouts, 429, 5xx and a wrong token, tenant or URL (401, 403, 404) are retried,
+not before a Retry-After Loki (or the proxy in front of it) sends; a 400 or 413 is not (Loki says
+why: that batch is set aside).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import requests
 
-from deployer.report.forges import GiveUp, Retry
+from deployer.report.forges import GiveUp, Retry, retry_error
 from deployer.state import AuditEvent, StateStore
 
 __all__ = ["LABELS", "MAX_AGE_NS", "LokiClient", "push_body", "ship_batch"]
@@ -77,7 +78,7 @@ class LokiClient:
         if response.status_code in (400, 413):  # this batch, as it is: Loki says why
             raise GiveUp(f"HTTP {response.status_code}: {response.text.strip()[:300]}")
         if not response.ok:  # 429, 5xx; and 401, 403, 404: a wrong token, tenant or URL, fixed by the operator
-            raise Retry(f"HTTP {response.status_code}: {response.text.strip()[:200]}")
+            raise retry_error(response, f"HTTP {response.status_code}: {response.text.strip()[:200]}")
 
 
 def ship_batch(store: StateStore, client: LokiClient, *, now_ns: int, limit: int = 500) -> int:

@@ -94,7 +94,7 @@ def readyz() -> ResponseReturnValue:
     engine = service.queue.meta("engine")
     if not (isinstance(engine, dict) and engine.get("ok")):
         problems.append(f"docker engine not reachable: {engine.get('error') if isinstance(engine, dict) else '?'}")
-    warnings = _shipping_warnings(service)
+    warnings = _fetch_warnings(service) + _shipping_warnings(service)
     if problems:
         return jsonify(status="unready", problems=problems, warnings=warnings), 503
     return jsonify(status="ready", warnings=warnings)
@@ -118,6 +118,15 @@ def _state_disk_problem(state_dir: Path) -> str | None:
     if free < STATE_DISK_MIN_FREE:
         return f"state directory {state_dir} has {free // 1024} KiB free: recording may fail (disk full)"
     return None
+
+
+def _fetch_warnings(service: Service) -> list[str]:
+    """The deploy worker's last fetch of the branch failed (a remote down, or one that never answers): what
+    the mirror holds still deploys by hand, nothing new arrives until a fetch works (retried with backoff)."""
+    fetch = service.queue.meta("fetch")
+    if isinstance(fetch, dict) and not fetch.get("ok"):
+        return [f"{fetch.get('error')} (the deploy worker retries)"]
+    return []
 
 
 def _shipping_warnings(service: Service) -> list[str]:

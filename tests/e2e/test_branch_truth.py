@@ -84,6 +84,38 @@ def test_a_late_push_of_an_older_commit_is_superseded_by_the_head_not_by_a_commi
     assert container_env(name)["VERSION"] == "2"
 
 
+def test_a_late_second_delivery_of_a_deployed_commit_leaves_its_statuses_saying_deployed(
+    serve: Serve, repo: ConfigRepo, forge: ForgeServer, prefix: str
+) -> None:
+    """A commit deployed, then a newer one, then the first commit's push delivered again (a new delivery id,
+    as a forge's redeliver button sends it): superseded, not redeployed, and its statuses end saying what its
+    own deployment said (they used to flip from `success` to "superseded: not deployed")."""
+    name = f"{prefix}-app"
+    old = version(repo, name, "1")
+    served = serve()
+    assert served.finished(served.push(old))["state"] == "succeeded"
+    new = version(repo, name, "2")
+    assert served.finished(served.push(new, before=old))["state"] == "succeeded"
+    wait_for(lambda: forge.latest(old).get("deployer") == "success", timeout=30, what="the first commit's status")
+    told_then = forge.latest(old)
+    posts_then = len([p for p in forge.posted if p.sha == old])
+
+    late = served.finished(served.push(old))
+    assert (late["state"], late["superseded_by"]) == ("superseded", new)
+    wait_for(
+        lambda: (
+            len([p for p in forge.posted if p.sha == old]) > posts_then
+            and forge.latest(old).get("deployer") != "pending"
+        ),
+        timeout=30,
+        what="the late delivery's final status",
+    )
+    assert forge.latest(old) == told_then
+    last = [p for p in forge.posted if p.sha == old and p.context == "deployer"][-1]
+    assert last.description.startswith("1 of 1 stacks deployed"), last
+    assert container_env(name)["VERSION"] == "2"
+
+
 def test_a_force_push_that_rewinds_the_branch_deploys_the_rewound_head(
     serve: Serve, repo: ConfigRepo, forge: ForgeServer, prefix: str
 ) -> None:

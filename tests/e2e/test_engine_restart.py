@@ -113,6 +113,9 @@ def test_the_engine_stopped_during_the_health_wait_and_started_again_is_retried_
     wait_for(lambda: served.deployed(name) == new, timeout=120, what="the retry once the engine is back")
     assert own_engine.env(name)["VERSION"] == "2"
     assert all(d["state"] in ("succeeded", "failed", "superseded") for d in served.deployments())
-    wait_for(lambda: forge.latest(new).get("deployer") == "success", timeout=30,
-             what=f"the final status: {[(p.context, p.state, p.description) for p in forge.posted if p.sha == new]}")
+    wait_for(
+        lambda: forge.latest(new).get("deployer") == "success",
+        timeout=30,
+        what=f"the final status: {[(p.context, p.state, p.description) for p in forge.posted if p.sha == new]}",
+    )
     assert forge.latest(new).get(f"deployer/{name}") == "success"

@@ -2,20 +2,55 @@
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
 
 from deployer.model import CommitStatus, StatusState
 
-__all__ = ["TIMEOUT", "GiveUp", "Retry", "check", "post_json", "status_body"]
+__all__ = ["MAX_RETRY_AFTER", "TIMEOUT", "GiveUp", "Retry", "check", "post_json", "retry_after", "retry_error",
+           "status_body"]  # fmt: skip
 
 TIMEOUT = 10.0
+#: the longest wait a Retry-After is taken at its word for (seconds)
+MAX_RETRY_AFTER = 3600.0
 
 
 class Retry(Exception):
-    """The forge may accept this later: try again with backoff."""
+    """The peer may accept this later: try again with backoff, and not before `after` seconds if it said so."""
+
+    def __init__(self, message: str, *, after: float | None = None) -> None:
+        super().__init__(message)
+        #: the peer's Retry-After, in seconds from now (None when it did not say)
+        self.after = after
+
+
+def retry_after(response: requests.Response, *, now: float | None = None) -> float | None:
+    """The seconds a 429 or 503's `Retry-After` asks for (delay-seconds or an HTTP date), at most
+    MAX_RETRY_AFTER; None when the header is absent or unreadable."""
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - (time.time() if now is None else now)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    if math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def retry_error(response: requests.Response, text: str) -> Retry:
+    """A Retry saying `text`, and the Retry-After the response carries."""
+    after = retry_after(response)
+    return Retry(text + (f" (Retry-After {after:g}s)" if after is not None else ""), after=after)
 
 
 class GiveUp(Exception):
@@ -25,13 +60,14 @@ class GiveUp(Exception):
 def post_json(
     session: requests.Session, url: str, *, headers: Mapping[str, str], body: Mapping[str, Any]
 ) -> requests.Response:
-    """POST `body`; return the response for 2xx and 4xx, raise Retry for 5xx, 429 and transport errors."""
+    """POST `body`; return the response for 2xx and 4xx, raise Retry for 5xx, 429 (with its Retry-After) and
+    transport errors."""
     try:
         response = session.post(url, json=dict(body), headers=dict(headers), timeout=TIMEOUT)
     except requests.RequestException as error:
         raise Retry(f"{type(error).__name__}: {error}") from error
     if response.status_code == 429 or response.status_code >= 500:
-        raise Retry(f"HTTP {response.status_code}")
+        raise retry_error(response, f"HTTP {response.status_code}")
     return response
 
 

@@ -17,14 +17,14 @@ DEPLOYER_ALLOW_PRIVILEGED.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
 from deployer.errors import ConfigError
 
-__all__ = ["DEFAULT_BIND_ROOTS", "HostPolicy", "violations"]
+__all__ = ["DEFAULT_BIND_ROOTS", "HostPolicy", "env_files", "violations"]
 
 #: bind roots every stack may use when DEPLOYER_ALLOWED_BIND_ROOTS is not set: the seed's data root
 DEFAULT_BIND_ROOTS = "/mnt/data"
@@ -74,15 +74,18 @@ def violations(
     folder: PurePosixPath,
     policy: HostPolicy,
     resolve: Callable[[str], str] = posixpath.normpath,
+    reads: Iterable[tuple[str, str]] = (),
 ) -> list[str]:
     """Every way the resolved compose `config` of `stack` (files under `folder`) breaks `policy`.
 
-    Each finding names the service (or top-level key) and the key at fault; empty when it complies.
+    `reads` are more (where, absolute path) pairs compose reads from the host that its resolved config
+    no longer shows (`env_file`). Each finding names the service (or top-level key) and the key at
+    fault; empty when it complies.
     """
     found: list[str] = []
     home = PurePosixPath(resolve(str(folder)))
     roots = [PurePosixPath(resolve(str(root))) for root in policy.roots_for(stack)]  # /var/run is /run
-    for where, source in _host_paths(config):
+    for where, source in (*_host_paths(config), *reads):
         if not source.startswith("/"):
             continue  # a named volume, a URL build context
         real = PurePosixPath(resolve(posixpath.normpath(source)))
@@ -95,6 +98,17 @@ def violations(
     if stack not in policy.privileged:
         found.extend(f"{where}, which only stacks in DEPLOYER_ALLOW_PRIVILEGED may do" for where in _privileges(config))
     return found
+
+
+def env_files(document: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """(where, path as written) for every `env_file` of a compose file as written: compose reads them
+    while it resolves the file, and its resolved config shows only the variables they set."""
+    for name, service in _services(document):
+        given = service.get("env_file")
+        for entry in [given] if isinstance(given, str) else given if isinstance(given, list) else ():
+            path = entry.get("path") if isinstance(entry, Mapping) else entry
+            if isinstance(path, str):
+                yield f"service {name}: env_file", path
 
 
 def _services(config: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:

@@ -18,10 +18,11 @@ import yaml
 
 from deployer.apply.secrets import redact
 from deployer.errors import ComposeError, ComposeInvalidError, HealthCheckError, PolicyError
-from deployer.host_policy import HostPolicy, violations
+from deployer.host_policy import HostPolicy, env_files, violations
 from deployer.interpolation import interpolate, stack_env_file
 from deployer.model import Directory, Stack, StackName
 from deployer.runner import CommandRunner, Completed
+from deployer.yamlio import YAMLError, safe_load
 
 __all__ = ["ComposeBackend", "StackBackend", "compose_base_argv", "compose_up_argv", "refuse_host_access"]
 
@@ -188,12 +189,32 @@ def refuse_host_access(
     outside it resolves the same way when the deployer runs on the host (in a container, only as far as
     its mounts show the host).
     """
-    findings = violations(stack.name, config, folder=PurePosixPath(workdir / stack.folder), policy=policy,
-                          resolve=os.path.realpath)  # fmt: skip
+    folder = workdir / stack.folder
+    findings = violations(stack.name, config, folder=PurePosixPath(folder), policy=policy, resolve=os.path.realpath,
+                          reads=_env_files(stack, workdir, secrets))  # fmt: skip
     if findings:
         lines = tuple(redact(f"{stack.compose_file}: refused by the host policy: {f}", secrets.values())
                       for f in findings)  # fmt: skip
         raise PolicyError(lines[0], details=lines[1:])
+
+
+def _env_files(stack: Stack, workdir: Path, secrets: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The stack's `env_file` paths, interpolated as compose would and made absolute from its folder."""
+    try:
+        document = safe_load((workdir / stack.compose_file).read_text(encoding="utf-8"))
+    except (OSError, UnicodeError, YAMLError):
+        return []  # compose config accepted it: the catalog read it under its limits already
+    if not isinstance(document, dict):
+        return []
+    folder = workdir / stack.folder
+    variables = {**stack.variables, **stack_env_file(folder), **secrets}
+    found = []
+    for where, path in env_files(document):
+        try:
+            found.append((where, os.path.join(folder, interpolate(path, variables))))
+        except KeyError:
+            continue  # a required variable unset: compose config refused it already
+    return found
 
 
 def _pin_images(folder: Path, images: Mapping[str, str]) -> Path:

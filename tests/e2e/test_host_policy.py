@@ -27,14 +27,14 @@ def containers(project: str) -> list[str]:
     return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.split()
 
 
-def hostile(repo: ConfigRepo, name: str, *, path: str = "${HOST_PATH}") -> None:
+def hostile(repo: ConfigRepo, name: str, *, path: str = "${HOST_PATH}", **extra: object) -> None:
     """A stack that mounts the Docker socket and a host path (by default one its secrets hold), shares the
     host's process namespace and adds a capability (`privileged` itself cannot run in this sandbox)."""
     repo.secret("secrets/evil.env", {"HOST_PATH": HIDDEN})
     volumes = ["/var/run/docker.sock:/var/run/docker.sock", f"{path}:/hidden", "./conf:/conf:ro"]
     repo.stack(
         name,
-        {"main": service(volumes=volumes, pid="host", cap_add=["NET_ADMIN"])},
+        {"main": service(volumes=volumes, pid="host", cap_add=["NET_ADMIN"], **extra)},
         deployer={"secrets": ["secrets/evil.env"]},
     )
 
@@ -50,7 +50,7 @@ def test_a_push_that_takes_the_host_is_refused_before_anything_starts_and_says_w
     [web_container] = containers(web)
 
     repo.stack(web, {"main": service(environment={"VERSION": "2"})})
-    hostile(repo, evil)
+    hostile(repo, evil, env_file=["/etc/hostname"])  # a host file read into the container's environment
     bad = repo.commit("take the host")
     done = served.finished(served.push(bad, before=first))
     assert done["state"] == "failed"
@@ -63,6 +63,7 @@ def test_a_push_that_takes_the_host_is_refused_before_anything_starts_and_says_w
         "service main: pid: host shares the host's namespace, which only stacks in DEPLOYER_ALLOW_PRIVILEGED" in error
     )
     assert "service main: cap_add adds capabilities (NET_ADMIN)" in error
+    assert "service main: env_file: uses host path /etc/hostname" in error
     assert HIDDEN not in error and "***" in error  # the path came from a secret
     assert "/conf" not in error  # inside its own folder: allowed
     assert stacks[web]["state"] == "skipped"  # bad input stops the deployment: nothing is half-applied

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from deployer.errors import ConfigError
-from deployer.host_policy import HostPolicy, violations
+from deployer.host_policy import HostPolicy, env_files, violations
 from deployer.settings import Settings
 
 FOLDER = PurePosixPath("/state/checkouts/abc/stacks/web")
@@ -147,3 +147,17 @@ def test_settings_read_both_variables() -> None:
     assert settings.host_policy.bind_roots == (PurePosixPath("/srv"), PurePosixPath("/y"))
     assert settings.host_policy.privileged == {"a", "b"}
     assert Settings.from_env({}).host_policy == HostPolicy()
+
+
+def test_env_files_are_read_from_the_file_as_written_in_every_form() -> None:
+    b = {"env_file": ["b.env", {"path": "/etc/b", "required": False}]}
+    document = {"services": {"a": {"env_file": "/etc/a"}, "b": b, "c": {"image": "x"}}}
+    assert list(env_files(document)) == [
+        ("service a: env_file", "/etc/a"), ("service b: env_file", "b.env"), ("service b: env_file", "/etc/b"),
+    ]  # fmt: skip
+
+
+def test_what_compose_reads_beside_its_config_is_judged_like_a_bind_mount() -> None:
+    reads = [("service a: env_file", f"{FOLDER}/a.env"), ("service a: env_file", "/etc/shadow")]
+    [finding] = found(service(), reads=reads)
+    assert finding.startswith("service a: env_file: uses host path /etc/shadow")

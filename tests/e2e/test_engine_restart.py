@@ -28,23 +28,27 @@ pytestmark = pytest.mark.usefixtures("engine")
 
 
 class Engine:
-    """A dockerd of the test's own; start() and stop() it as an operator restarting Docker would."""
+    """A dockerd of the test's own; start() and stop() it as an operator restarting Docker would.
+
+    It runs in a network namespace of its own (nsenter: `ip netns exec` would remount /sys and hide the
+    cgroups dockerd needs): a second dockerd in the host's namespace takes the host's
+    networking with it (restarted, it deleted the real engine's docker0; its networks took subnets the
+    real engine's use, and their bridges outlived it). Its containers need no network beyond their own.
+    """
 
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="dte", dir="/tmp"))  # unix socket paths are short
         self.socket = self.root / "docker.sock"
         self.host = f"unix://{self.socket}"
-        # A bridge of its own: a dockerd given none (`--bridge none`) deletes the host's docker0 as it starts,
-        # and every container of the real engine on the default network loses it.
-        self.bridge = f"dte{self.root.name[-8:]}"[:15]
-        subprocess.run(["ip", "link", "add", "name", self.bridge, "type", "bridge"], check=True)
-        subprocess.run(["ip", "addr", "add", "172.31.254.1/24", "dev", self.bridge], check=True)
+        self.netns = self.root.name
+        subprocess.run(["ip", "netns", "add", self.netns], check=True)
+        subprocess.run(["ip", "netns", "exec", self.netns, "ip", "link", "set", "lo", "up"], check=True)
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        argv = [require_tool("dockerd"), "--host", self.host, "--data-root", str(self.root / "data"),
-                "--exec-root", str(self.root / "exec"), "--pidfile", str(self.root / "dockerd.pid"),
-                "--bridge", self.bridge, "--iptables=false", "--ip-masq=false"]  # fmt: skip
+        argv = ["nsenter", f"--net=/run/netns/{self.netns}", require_tool("dockerd"), "--host", self.host,
+                "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
+                "--pidfile", str(self.root / "dockerd.pid")]  # fmt: skip
         log = (self.root / "dockerd.log").open("ab")
         self._process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         wait_for(self.answers, timeout=60, what="the test's dockerd to answer")
@@ -71,7 +75,7 @@ class Engine:
 
 @pytest.fixture
 def own_engine() -> Iterator[Engine]:
-    had_docker0 = Path("/sys/class/net/docker0").exists()
+    links_before = set(Path("/sys/class/net").iterdir())
     engine = Engine()
     engine.start()
     image = subprocess.run(["docker", "save", TEST_IMAGE], capture_output=True, check=True).stdout
@@ -87,9 +91,9 @@ def own_engine() -> Iterator[Engine]:
         subprocess.run(["umount", "--recursive", "--lazy", str(engine.root / "data")], capture_output=True,
                        check=False)  # fmt: skip
         shutil.rmtree(engine.root, ignore_errors=True)
-        subprocess.run(["ip", "link", "delete", engine.bridge], capture_output=True, check=False)
-        if had_docker0:
-            assert Path("/sys/class/net/docker0").exists(), "the test's dockerd took the real engine's docker0"
+        subprocess.run(["ip", "netns", "delete", engine.netns], capture_output=True, check=False)
+        links_after = set(Path("/sys/class/net").iterdir())
+        assert links_after == links_before, f"the host's network links changed: {links_before ^ links_after}"
 
 
 def test_the_engine_stopped_during_the_health_wait_and_started_again_is_retried_not_rolled_back(

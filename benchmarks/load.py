@@ -43,6 +43,7 @@ except ImportError:  # run as `python benchmarks/load.py`
     from benchmarks import _common as c
 
 from benchmarks._loadgen import REQUEST_TIMEOUT, percentile
+from benchmarks._procs import wait_for
 from tests.deliveries import FORGES, push_payload, sign
 from tests.helpers import ConfigRepo, audit_trail, git, service
 from tests.servers import ForgeServer
@@ -156,16 +157,6 @@ def push(base: str, sha: str) -> str:
         return str(json.load(answer)["deployment_id"])
 
 
-def wait(check: Any, *, timeout: float, what: str, every: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise RuntimeError(f"timed out waiting for {what}")
-
-
 def in_hand(state: Path) -> int:
     """Deployments queued or running (read-only from the state store, as tests.helpers.audit_trail reads it)."""
     with contextlib.closing(sqlite3.connect(f"file:{state / 'state.db'}?mode=ro", uri=True)) as db:
@@ -251,7 +242,7 @@ class Bench:
     def window(self, kind: str, run: int) -> Window:
         plan = self.tmp / f"plan-{run}-{kind}.json"
         out = self.tmp / f"out-{run}-{kind}.json"
-        wait(lambda: in_hand(self.state) == 0, timeout=300, what="an idle queue", every=0.1)
+        wait_for(lambda: in_hand(self.state) == 0, timeout=300, what="an idle queue", every=0.1)
         load, pytest = os.getloadavg()[0], c.pytest_running()
         busy_id = None
         if kind == "busy":
@@ -264,14 +255,14 @@ class Bench:
         assert sender.stdout.readline().strip() == "ready"
         if kind == "busy":
             busy_id = push(self.base, self.main[-1])
-            wait(lambda: [s["state"] for s in self.deployment(busy_id)["stacks"]] == ["running"], timeout=60,
+            wait_for(lambda: [s["state"] for s in self.deployment(busy_id)["stacks"]] == ["running"], timeout=60,
                  what="the stack to be running")  # fmt: skip
         sender.stdin.write("go\n")
         sender.stdin.flush()
         if sender.wait(timeout=300) != 0:
             raise RuntimeError("the sender failed")
         raw = json.loads(out.read_text())
-        wait(lambda: in_hand(self.state) == 0, timeout=600, what="the queue to drain", every=0.05)
+        wait_for(lambda: in_hand(self.state) == 0, timeout=600, what="the queue to drain", every=0.05)
         empty = time.time()
         ids = {r["deployment_id"] for r in raw["results"] if r.get("code") == 202}
         lost = sum(self.deployment(i)["state"] not in ("succeeded", "superseded") for i in ids)
@@ -303,7 +294,7 @@ def measure(args: argparse.Namespace, prefix: str, tmp: Path) -> int:
     try:
         with _serving(env, bench.port, tmp / "serve.log") as pid:
             first = push(bench.base, bench.main[-1])
-            wait(lambda: bench.deployment(first)["state"] in FINISHED, timeout=120, what="the first deploy")
+            wait_for(lambda: bench.deployment(first)["state"] in FINISHED, timeout=120, what="the first deploy")
             bench.window("idle", -1)  # warm-up, unmeasured
             bench.window("busy", -1)
             waited = c.wait_until_idle() if args.wait_idle else 0.0
@@ -428,7 +419,7 @@ def _serving(env: dict[str, str], port: int, log_path: Path) -> Iterator[int]:
         served = subprocess.Popen([c.deployer_exe(), "serve", "--bind", f"127.0.0.1:{port}"], env=env, stdout=log,
                                   stderr=subprocess.STDOUT)  # fmt: skip
         try:
-            wait(lambda: _alive(f"http://127.0.0.1:{port}"), timeout=30, what="the service to listen", every=0.1)
+            wait_for(lambda: _alive(f"http://127.0.0.1:{port}"), timeout=30, what="the service to listen", every=0.1)
             yield served.pid
         finally:
             served.terminate()

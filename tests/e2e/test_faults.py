@@ -20,7 +20,7 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -453,16 +453,7 @@ class ScriptedForge(ForgeServer):
         super().__post_init__()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
-        forge, base = self, super()._handler()
-
-        class Handler(base):  # type: ignore[valid-type,misc]
-            def do_POST(self) -> None:
-                step = _next_step(forge._lock, forge.times, forge.script)
-                if _scripted(self, step):
-                    with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # a held answer, given up on
-                        super().do_POST()
-
-        return Handler
+        return _scripted_handler(super()._handler(), self, lambda: self.script)
 
 
 class ScriptedLoki(LokiServer):
@@ -474,16 +465,22 @@ class ScriptedLoki(LokiServer):
         super().__init__()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
-        loki, base = self, super()._handler()
+        return _scripted_handler(super()._handler(), self, lambda: self.script_ahead)
 
-        class Handler(base):  # type: ignore[valid-type,misc]
-            def do_POST(self) -> None:
-                step = _next_step(loki._lock, loki.times, loki.script_ahead)
-                if _scripted(self, step):
-                    with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # a held answer, given up on
-                        super().do_POST()
 
-        return Handler
+def _scripted_handler(
+    base: type[BaseHTTPRequestHandler], server: ScriptedForge | ScriptedLoki, script: Callable[[], list[Step]]
+) -> type[BaseHTTPRequestHandler]:
+    """`base` (a stand-in's handler) answering POSTs as `script()` says first; `server` keeps their times."""
+
+    class Handler(base):  # type: ignore[valid-type,misc]
+        def do_POST(self) -> None:
+            step = _next_step(server._lock, server.times, script())
+            if _scripted(self, step):
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # a held answer, given up on
+                    super().do_POST()
+
+    return Handler
 
 
 def _next_step(lock: threading.Lock, times: list[float], script: list[Step]) -> Step | None:

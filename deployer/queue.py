@@ -39,11 +39,11 @@ UNDELIVERED = (
 )
 
 #: undelivered statuses a newer undelivered one of the same commit, context and repository replaces
-REPLACED = (
-    "UPDATE status_outbox SET done_at = ?, last_error = ? WHERE done_at IS NULL AND EXISTS ("
-    " SELECT 1 FROM status_outbox n WHERE n.done_at IS NULL AND n.sha = status_outbox.sha"
-    " AND n.context = status_outbox.context AND n.repo = status_outbox.repo AND n.id > status_outbox.id)"
+REPLACED_WHERE = (
+    "o.done_at IS NULL AND EXISTS (SELECT 1 FROM status_outbox n WHERE n.done_at IS NULL AND n.sha = o.sha"
+    " AND n.context = o.context AND n.repo = o.repo AND n.id > o.id)"
 )
+REPLACED = f"UPDATE status_outbox AS o SET done_at = ?, last_error = ? WHERE {REPLACED_WHERE}"  # noqa: S608 -- constants
 
 _REASON_CODES = frozenset(str(r) for r in Reason)
 _TRANSIENT_CODES = frozenset(str(r) for r in TRANSIENT)
@@ -237,8 +237,11 @@ class Queue:
         per commit that would otherwise go out one a round. They are marked done, replaced.
         """
         now = time.time() if now is None else now
-        with self.store.transaction() as db:
-            db.execute(REPLACED, (rfc3339(), "replaced by a newer status before it was sent"))
+        with self.store.read() as db:
+            replaced = db.execute(f"SELECT EXISTS (SELECT 1 FROM status_outbox o WHERE {REPLACED_WHERE})").fetchone()[0]  # noqa: S608
+        if replaced:  # the write lock only when there is something to mark: the reporter looks every second
+            with self.store.transaction() as db:
+                db.execute(REPLACED, (rfc3339(), "replaced by a newer status before it was sent"))
         with self.store.read() as db:
             rows = db.execute(UNDELIVERED, (now, limit)).fetchall()
         return [

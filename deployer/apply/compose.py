@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import yaml
 
+from deployer.apply.engine import EngineApi
 from deployer.apply.secrets import redact
 from deployer.errors import ComposeError, ComposeInvalidError, HealthCheckError, PolicyError
 from deployer.host_policy import HostPolicy, env_files, violations
@@ -92,6 +93,7 @@ class ComposeBackend:
     def __init__(self, *, runner: CommandRunner, docker_env: Mapping[str, str]) -> None:
         self.runner = runner
         self.docker_env = dict(docker_env)
+        self.engine = EngineApi(self.docker_env)  # questions for the engine: one API request, not a process
 
     def check(self, stack: Stack, *, workdir: Path, env: Mapping[str, str]) -> dict[str, Any]:
         argv = [*compose_base_argv(stack, workdir), "config", "--format", "json"]
@@ -133,17 +135,7 @@ class ComposeBackend:
         raise error(f"{stack.compose_file}: {what}: {_last_line(result, env)}", output=output)
 
     def images(self, name: StackName) -> dict[str, str]:
-        found = self.runner.run(["docker", "ps", "--filter", f"label=com.docker.compose.project={name}", "--format",
-                                 "{{.ID}}"], env=self.docker_env, timeout=30)  # fmt: skip
-        ids = found.stdout.split() if found.ok else []
-        if not ids:
-            return {}
-        inspected = self.runner.run(["docker", "inspect", "--format",
-                                     '{{index .Config.Labels "com.docker.compose.service"}} {{.Image}}', *ids],
-                                    env=self.docker_env, timeout=30)  # fmt: skip
-        if not inspected.ok:
-            return {}
-        return dict(line.split(" ", 1) for line in inspected.stdout.splitlines() if " " in line)
+        return self.engine.images(name)
 
     def down(self, name: StackName) -> str:
         argv = ["docker", "compose", "--ansi", "never", "--project-name", name, "down", "--remove-orphans"]
@@ -153,10 +145,7 @@ class ComposeBackend:
         return _tail(result, {})
 
     def ping(self) -> str | None:
-        result = self.runner.run(
-            ["docker", "version", "--format", "{{.Server.Version}}"], env=self.docker_env, timeout=10
-        )
-        return None if result.ok else _last_line(result, {})
+        return self.engine.ping()
 
     def _run(
         self, argv: list[str], secrets: Mapping[str, str], *, timeout: float, stack: Stack | None = None

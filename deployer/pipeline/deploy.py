@@ -115,12 +115,14 @@ def _deploy_locked(deps: Deps, record: Recorder, request: Request, progress: Pro
     record.started(plan, depends_on={n: catalog[n].depends_on for n in catalog})
     progress.phase(_describe(plan))
     progress.planned(plan)
-    # 5. Preflight: every input of every deploying stack is proven good before anything changes.
-    prepared = _preflight(deps, record, plan, catalog=catalog, tree=tree, progress=progress)
+    # 5. Preflight: every input of every deploying stack is proven good before anything changes,
+    # 6. and the engine answers (asked meanwhile), or nothing is touched (retried once it is back).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ping") as aside:
+        answers = aside.submit(deps.backend.ping) if not plan.is_empty else None
+        prepared = _preflight(deps, record, plan, catalog=catalog, tree=tree, progress=progress)
+        problem = answers.result() if answers is not None else None
     if isinstance(prepared, Outcome):
         return prepared
-    # 6. The engine answers, or nothing is touched (retried once it is back).
-    problem = deps.backend.ping() if not plan.is_empty else None
     if problem is not None:
         return _stopped(record, plan, EngineError(f"docker engine not reachable: {problem}"), progress)
     # 7. Apply: removals, then deploys in dependency order, recording each result as it lands.

@@ -267,6 +267,8 @@ def _validate(args: argparse.Namespace, settings: Settings) -> int:
 
     deps = Deps.from_settings(settings)
     catalog = validate_tree(deps, Path(args.repo), allow_placeholders=args.allow_placeholders)
+    for line in (w for name in catalog for w in catalog[name].warnings):
+        print(f"deployer: warning: {line}", file=sys.stderr)
     print(f"ok: {len(catalog)} stacks valid in {Path(args.repo).resolve() / settings.stacks_dir}")
     return 0
 

@@ -132,6 +132,12 @@ class HealthCheckError(ComposeError):
     code = "health_check_failed"
 
 
+class SwarmRolledBackError(ComposeError):
+    """A swarm stack's update failed and Swarm rolled its services back to their previous spec."""
+
+    code = "swarm_rolled_back"
+
+
 class BusyError(DeployerError):
     """Another deployment holds the deploy lock."""
 

@@ -52,6 +52,27 @@ class Stack:
     variables: Mapping[str, str] = field(default_factory=dict)
     #: the shared.env every stack reads (a change to it affects every stack), if the repository has one
     shared_file: PurePosixPath | None = None
+    #: how it is brought up: `compose` (docker compose up) or `swarm` (docker stack deploy)
+    engine: str = "compose"
+    #: the engine it runs on (ssh://, tcp://, unix:// or a Docker context name); None: the deployer's own
+    docker_host: str | None = None
+    #: what validation says without refusing (keys a swarm stack's engine ignores), one line each
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def placement(self) -> Placement:
+        return Placement(self.engine, self.docker_host)
+
+
+@dataclass(frozen=True, order=True)
+class Placement:
+    """Where a stack runs: its engine kind and the engine's address (None: the deployer's own engine)."""
+
+    engine: str = "compose"
+    docker_host: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.engine} on {self.docker_host or 'the local engine'}"
 
 
 @dataclass(frozen=True)
@@ -186,6 +207,8 @@ class StackResult:
     images: tuple[tuple[str, str], ...] = ()
     #: the last good commit a failed stack was brought back to
     rolled_back_to: str | None = None
+    #: where a deployed stack runs (recorded with a success: where a later removal or move finds it)
+    placement: Placement | None = None
 
     @property
     def duration(self) -> float | None:

@@ -33,6 +33,7 @@ from deployer.model import (
     CommitStatus,
     DeploymentState,
     Outcome,
+    Placement,
     Plan,
     Reason,
     StackResult,
@@ -105,7 +106,8 @@ CREATE TABLE IF NOT EXISTS stacks (
     held_commit TEXT,
     held_actor TEXT,
     held_reason TEXT,
-    images TEXT
+    images TEXT,
+    placement TEXT
 );
 CREATE TABLE IF NOT EXISTS deliveries (
     forge TEXT NOT NULL,
@@ -179,6 +181,7 @@ _ADDED_COLUMNS = (
     ("deployment_stacks", "images", "TEXT"),
     ("deployment_stacks", "rolled_back_to", "TEXT"),
     ("stacks", "images", "TEXT"),
+    ("stacks", "placement", "TEXT"),
 )
 #: the upper bounds (seconds) of the stack deploy duration histogram /metrics exports: a stack is brought up
 #: in a few seconds to several minutes. Each result's bucket (an index into these; len() for above the last)
@@ -350,6 +353,8 @@ class StateStore:
         """Record one stack's state; a success moves (or, for a removal, drops) its last good commit."""
         duration = _duration_ms(result.started_at, result.finished_at)
         images = json.dumps(dict(result.images)) if result.images else None
+        placed = result.placement or Placement()
+        placement = json.dumps({"engine": placed.engine, "docker_host": placed.docker_host})
         with self._tx() as db:
             write_told(db, told)
             db.execute(
@@ -368,17 +373,19 @@ class StateStore:
                 db.execute("DELETE FROM stacks WHERE name = ?", (result.name,))
             else:
                 db.execute(
-                    "INSERT INTO stacks (name, last_good_commit, deployed_at, deployment_id, depends_on, images)"
-                    " SELECT ?, ?, ?, ?, depends_on, ? FROM deployment_stacks WHERE deployment_id = ? AND name = ?"
+                    "INSERT INTO stacks (name, last_good_commit, deployed_at, deployment_id, depends_on, images,"
+                    " placement)"
+                    " SELECT ?, ?, ?, ?, depends_on, ?, ? FROM deployment_stacks WHERE deployment_id = ? AND name = ?"
                     " ON CONFLICT(name) DO UPDATE SET last_good_commit = excluded.last_good_commit,"
                     " deployed_at = excluded.deployed_at, deployment_id = excluded.deployment_id,"
-                    " depends_on = excluded.depends_on, images = excluded.images",
+                    " depends_on = excluded.depends_on, images = excluded.images, placement = excluded.placement",
                     (
                         result.name,
                         commit,
                         rfc3339(result.finished_at),
                         deployment_id,
                         images,
+                        placement,
                         deployment_id,
                         result.name,
                     ),
@@ -557,6 +564,15 @@ class StateStore:
             ).fetchall()
         return {r["name"]: {"commit": r["held_commit"], "actor": r["held_actor"], "reason": r["held_reason"]}
                 for r in rows}  # fmt: skip
+
+    def placement(self, name: str) -> Placement | None:
+        """Where stack `name` was last deployed (engine kind, engine address), or None if it is not deployed."""
+        with self._lock:
+            row = self._db.execute("SELECT placement FROM stacks WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            return None
+        found = json.loads(row["placement"]) if row["placement"] else {}
+        return Placement(str(found.get("engine") or "compose"), found.get("docker_host"))
 
     def images(self, name: str) -> dict[str, str]:
         """The image id each service of `name` ran at its last good commit ({} when not recorded)."""

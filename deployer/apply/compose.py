@@ -25,7 +25,10 @@ from deployer.model import Directory, Stack, StackName
 from deployer.runner import CommandRunner, Completed
 from deployer.yamlio import YAMLError, safe_load
 
-__all__ = ["ComposeBackend", "StackBackend", "compose_base_argv", "compose_up_argv", "refuse_host_access"]
+__all__ = [
+    "ComposeBackend", "StackBackend", "compose_base_argv", "compose_up_argv", "ensure_directory", "last_line",
+    "pin_images", "refuse_host_access", "tail",
+]  # fmt: skip
 
 #: how much of a failing command's output is kept for the operator
 OUTPUT_TAIL = 4000
@@ -100,7 +103,7 @@ class ComposeBackend:
         result = self._run(argv, env, stack=stack, timeout=60)
         if not result.ok:
             raise ComposeInvalidError(
-                f"{stack.compose_file}: docker compose config rejected it: {_last_line(result, env)}"
+                f"{stack.compose_file}: docker compose config rejected it: {last_line(result, env)}"
             )
         try:
             config = json.loads(result.stdout)
@@ -118,21 +121,21 @@ class ComposeBackend:
             self._ensure_network(stack, network)
         variables = {**stack.variables, **stack_env_file(workdir / stack.folder), **env}
         for directory in stack.directories:
-            _ensure_directory(stack, directory, variables)
+            ensure_directory(stack, directory, variables)
         timeout = stack.wait_timeout + _UP_GRACE if stack.wait_timeout else 30 * 60
-        override = _pin_images(workdir / stack.folder, images) if images else None
+        override = pin_images(workdir / stack.folder, images) if images else None
         try:
             argv = compose_up_argv(stack, workdir, force=force, override=override)
             result = self._run(argv, env, stack=stack, timeout=timeout)
         finally:
             if override is not None:
                 override.unlink(missing_ok=True)
-        output = _tail(result, env)
+        output = tail(result, env)
         if result.ok:
             return output
         error = HealthCheckError if any(m in output for m in _HEALTH_MARKERS) else ComposeError
         what = "did not become healthy" if error is HealthCheckError else "compose up failed"
-        raise error(f"{stack.compose_file}: {what}: {_last_line(result, env)}", output=output)
+        raise error(f"{stack.compose_file}: {what}: {last_line(result, env)}", output=output)
 
     def images(self, name: StackName) -> dict[str, str]:
         return self.engine.images(name)
@@ -141,8 +144,8 @@ class ComposeBackend:
         argv = ["docker", "compose", "--ansi", "never", "--project-name", name, "down", "--remove-orphans"]
         result = self._run(argv, {}, timeout=600)
         if not result.ok:
-            raise ComposeError(f"stack {name}: compose down failed: {_last_line(result, {})}", output=_tail(result, {}))
-        return _tail(result, {})
+            raise ComposeError(f"stack {name}: compose down failed: {last_line(result, {})}", output=tail(result, {}))
+        return tail(result, {})
 
     def ping(self) -> str | None:
         return self.engine.ping()
@@ -166,7 +169,7 @@ class ComposeBackend:
             timeout=60,
         )
         if not created.ok and "already exists" not in created.stderr:
-            raise ComposeError(f"{stack.compose_file}: cannot create network {name}: {_last_line(created, {})}")
+            raise ComposeError(f"{stack.compose_file}: cannot create network {name}: {last_line(created, {})}")
 
 
 def refuse_host_access(
@@ -206,14 +209,14 @@ def _env_files(stack: Stack, workdir: Path, secrets: Mapping[str, str]) -> list[
     return found
 
 
-def _pin_images(folder: Path, images: Mapping[str, str]) -> Path:
+def pin_images(folder: Path, images: Mapping[str, str]) -> Path:
     """A compose override beside the stack's file naming each service's image id (no secret in it)."""
     path = folder / ".deployer-images.yaml"
     path.write_text(yaml.safe_dump({"services": {service: {"image": image} for service, image in images.items()}}))
     return path
 
 
-def _ensure_directory(stack: Stack, directory: Directory, variables: Mapping[str, str]) -> None:
+def ensure_directory(stack: Stack, directory: Directory, variables: Mapping[str, str]) -> None:
     """Create a host directory and give it the declared owner and mode (also when it exists).
 
     The path may use variables (`${DATA_ROOT:-/mnt/data}/db`), resolved as compose would: from the
@@ -243,12 +246,12 @@ def _owner_ids(owner: str) -> tuple[int, int]:
     return uid, gid
 
 
-def _tail(result: Completed, secrets: Mapping[str, str]) -> str:
+def tail(result: Completed, secrets: Mapping[str, str]) -> str:
     """The end of a command's output, redacted whole before it is cut (a cut must not split a secret)."""
     return redact(result.stdout + result.stderr, secrets.values()).strip()[-OUTPUT_TAIL:]
 
 
-def _last_line(result: Completed, secrets: Mapping[str, str]) -> str:
+def last_line(result: Completed, secrets: Mapping[str, str]) -> str:
     text = redact(result.stderr or result.stdout, secrets.values())
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else f"exit code {result.returncode}"

@@ -62,6 +62,32 @@ class EngineApi:
             return {}
         return _service_images(found)
 
+    def swarm_problem(self) -> str | None:
+        """None when the engine is a swarm manager (it can deploy stacks), else why it cannot."""
+        try:
+            swarm = self._connected().info().get("Swarm") or {}
+        except (DockerException, RequestException) as error:
+            self._forget()
+            return _why(error, self._env)
+        if swarm.get("LocalNodeState") != "active":
+            return f"the engine at {self._host()} is not part of a swarm (docker swarm init, or join one)"
+        if not swarm.get("ControlAvailable"):
+            return f"the engine at {self._host()} is a swarm worker, not a manager: stacks deploy through a manager"
+        return None
+
+    def services(self, label: str) -> list[dict[str, Any]]:
+        """`GET /services` filtered by `label` (key=value). Raises DockerException or RequestException."""
+        found: list[dict[str, Any]] = self._connected().api.services(filters={"label": label})
+        return found
+
+    def tasks(self, service_id: str) -> list[dict[str, Any]]:
+        """`GET /tasks` of one service. Raises DockerException or RequestException."""
+        found: list[dict[str, Any]] = self._connected().api.tasks(filters={"service": service_id})
+        return found
+
+    def _host(self) -> str:
+        return self._env.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+
     def _connected(self) -> docker.DockerClient:
         with self._lock:
             if self._client is None:

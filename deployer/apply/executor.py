@@ -79,7 +79,7 @@ def _attempt(work: Work, planned: PlannedStack, started: StackResult) -> StackRe
             error=error.message,
             output=error.output or None,
             finished_at=time.time(),
-            rolled_back_to=error.commit,
+            rolled_back_to=error.commit or None,
         )
     except DeployerError as error:
         return replace(

@@ -302,8 +302,8 @@ def _apply(
         return deps.backend.down(planned.name)
 
     def on_change(result: StackResult) -> None:
-        if result.state is StackState.SUCCEEDED and result.name in images:
-            result = replace(result, images=images[result.name])
+        if result.state is StackState.SUCCEEDED and result.action is Action.DEPLOY:
+            result = replace(result, images=images.get(result.name, ()), placement=catalog[result.name].placement)
         record.stack(result, commit=plan.target)
         progress.stack(result)
 

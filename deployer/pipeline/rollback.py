@@ -12,7 +12,7 @@ import logging
 from typing import NoReturn
 
 from deployer.apply import decrypt_files, refuse_host_access
-from deployer.errors import ComposeError, DeployerError, RolledBackError
+from deployer.errors import ComposeError, DeployerError, RolledBackError, SwarmRolledBackError
 from deployer.fetch import Mirror
 from deployer.pipeline.record import Recorder
 from deployer.pipeline.wiring import Deps
@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 def roll_back(deps: Deps, record: Recorder, mirror: Mirror, name: str, error: ComposeError, *,
               good: str | None) -> NoReturn:  # fmt: skip
     """Raise RolledBackError once `name` runs its last good commit `good` again, or `error` saying why not."""
+    if isinstance(error, SwarmRolledBackError):  # Swarm's own rollback ran: its services are on their previous spec
+        raise RolledBackError(f"{error.message} (the spec of {good[:12]})" if good else error.message, cause=error,
+                              commit=good or "")  # fmt: skip
     if not deps.settings.rollback:
         raise error
     if good is None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from deployer.apply import ComposeBackend, StackBackend
+from deployer.apply import Engines, StackBackend
 from deployer.fetch import Mirror
 from deployer.model import Plan, StackResult
 from deployer.runner import CommandRunner, SubprocessRunner
@@ -50,11 +50,12 @@ class Deps:
     @classmethod
     def from_settings(cls, settings: Settings) -> Deps:
         runner = SubprocessRunner()
+        store = StateStore(settings.state_dir / "state.db")
         return cls(
             settings=settings,
             runner=runner,
-            backend=ComposeBackend(runner=runner, docker_env=settings.docker_env),
-            store=StateStore(settings.state_dir / "state.db"),
+            backend=Engines(runner=runner, docker_env=settings.docker_env, placed=store.placement),
+            store=store,
         )
 
     def mirror(self, repo_url: str) -> Mirror:

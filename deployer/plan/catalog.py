@@ -16,6 +16,7 @@ import os
 import re
 import stat
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 from deployer.interpolation import read_dotenv, references
 from deployer.model import Catalog, Stack
 from deployer.plan.fields import STACK_NAME, Fields, Problems, inside, safe_repo_path, secret_format
+from deployer.plan.swarm_keys import swarm_findings
 from deployer.secret_policy import EXAMPLE_RECIPIENT, exempt, only_the_example_key, placeholder_keys
 from deployer.settings import DOCKER_PASSTHROUGH
 from deployer.sopsfile import read_sops_file
@@ -32,7 +34,9 @@ __all__ = ["COMPOSE_FILE_NAMES", "MAX_FILE_BYTES", "load_catalog", "read_repo_fi
 
 COMPOSE_FILE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 NETWORK_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")
-KNOWN_KEYS = frozenset({"depends_on", "secrets", "networks", "directories", "wait_timeout", "watch"})
+KNOWN_KEYS = frozenset(
+    {"depends_on", "secrets", "networks", "directories", "wait_timeout", "watch", "engine", "docker_host"}
+)
 #: the most a compose file, secret file, a stack's .env or shared.env may hold: real ones are a few KiB
 MAX_FILE_BYTES = 1024 * 1024
 #: a file needing more undeclared variables than this is reported with this many and a count of the rest
@@ -208,10 +212,25 @@ def _load_stack(
         secret_keys=secret_keys,
         variables=dotenv,
         shared_file=shared_file,
+        engine=fields.engine(),
+        docker_host=fields.docker_host(),
     )
+    if stack.engine == "swarm":
+        stack = replace(stack, warnings=_swarm_warnings(rel_compose, document, problems))
     provided = fields.secret_keys | set(dotenv) | set(DOCKER_PASSTHROUGH)
     _check_variables(rel_compose, {k: v for k, v in document.items() if k != "x-deployer"}, provided, secrets, problems)
     return stack
+
+
+def _swarm_warnings(rel_compose: PurePosixPath, document: Mapping[Any, Any], problems: Problems) -> tuple[str, ...]:
+    """What `docker stack deploy` would ignore, as lines naming file and key; what it refuses, as problems."""
+    warnings = []
+    for finding in swarm_findings(document):
+        if finding.refused:
+            problems.add(rel_compose, finding.field, finding.message)
+        else:
+            warnings.append(f"{rel_compose}: {finding.field}: {finding.message}")
+    return tuple(warnings)
 
 
 def _read_compose_file(

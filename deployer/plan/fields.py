@@ -16,6 +16,10 @@ from deployer.sopsfile import FORMATS
 __all__ = ["OWNER", "STACK_NAME", "Fields", "Problems", "inside", "safe_repo_path", "secret_format"]
 
 STACK_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+ENGINES = ("compose", "swarm")
+DOCKER_HOST_URL = re.compile(r"^(?:ssh://(?:[A-Za-z0-9_][A-Za-z0-9_.-]*@)?[A-Za-z0-9.:\[\]-]+(?::\d{1,5})?"
+                             r"|tcp://[A-Za-z0-9.:\[\]-]+:\d{1,5}|unix:///[^\s]+)\Z")  # fmt: skip
+DOCKER_CONTEXT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*\Z")
 OWNER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
 
 
@@ -162,6 +166,24 @@ class Fields:
             self.problems.add(self.where, field, f"${{{unset[0]}}} has no default and is not a secret key or in .env")
             return None
         return interpolate(value, {**{k: "/secret" for k in self.secret_keys}, **self.dotenv})
+
+    def engine(self) -> str:
+        value: object = self.block.get("engine", "compose")
+        if value not in ENGINES:
+            self.problems.add(self.where, "x-deployer.engine", f"{value!r} is not one of: {', '.join(ENGINES)}")
+            return "compose"
+        return str(value)
+
+    def docker_host(self) -> str | None:
+        """An engine URL (ssh://, tcp://, unix://) or a Docker context name; None: the deployer's own engine."""
+        value: object = self.block.get("docker_host")
+        if value is None:
+            return None
+        if isinstance(value, str) and (DOCKER_HOST_URL.match(value) or DOCKER_CONTEXT.match(value)):
+            return value
+        self.problems.add(self.where, "x-deployer.docker_host", f"{value!r} is not ssh://[user@]host[:port], "
+                          "tcp://host:port, unix:///path or a Docker context name")  # fmt: skip
+        return None
 
     def wait_timeout(self) -> int:
         value: object = self.block.get("wait_timeout", 300)

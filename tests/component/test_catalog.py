@@ -46,6 +46,10 @@ sops:
 """
 
 
+SWARM = "x-deployer: {engine: swarm}\nservices:\n"
+WEB = "stacks/web/compose.yaml"
+
+
 def write(root: Path, relative: str, text: str) -> Path:
     path = root / relative
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,6 +145,16 @@ BAD: list[tuple[str, Callable[[Path], object], str]] = [
     ("plaintext yaml secret", lambda r: (write(r, "secrets/web.yaml", "password: hunter2\n"),
                                          stack(r, "web", "secrets: [secrets/web.yaml]")),
      r"stacks/web/compose\.yaml: x-deployer\.secrets(\[0\])?: secrets/web\.yaml is not SOPS-encrypted"),
+    ("unknown engine", lambda r: stack(r, "web", "engine: kubernetes"),
+     r"stacks/web/compose\.yaml: x-deployer\.engine: 'kubernetes' is not one of: compose, swarm"),
+    ("bad docker_host", lambda r: stack(r, "web", "docker_host: 'ftp://nas'"),
+     r"stacks/web/compose\.yaml: x-deployer\.docker_host: 'ftp://nas' is not ssh://"),
+    ("docker_host with spaces", lambda r: stack(r, "web", "docker_host: 'ssh://a b'"),
+     r"x-deployer\.docker_host: 'ssh://a b' is not"),
+    ("swarm refuses mem_limit", lambda r: write(r, WEB, SWARM + "  app: {image: x, mem_limit: 1}\n"),
+     r"stacks/web/compose\.yaml: services\.app\.mem_limit: refused by docker stack deploy: use deploy\.resources"),
+    ("swarm needs an image", lambda r: write(r, WEB, SWARM + "  app: {build: .}\n"),
+     r"stacks/web/compose\.yaml: services\.app\.image: missing: every service of a swarm stack needs an image"),
 ]  # fmt: skip
 
 
@@ -301,3 +315,18 @@ def test_directory_paths_may_use_variables_with_defaults(tmp_path: Path) -> None
           "x-deployer:\n  directories: [\"${DATA_ROOT}/app\"]\nservices:\n  app:\n    image: x\n")  # fmt: skip
     with pytest.raises(CatalogError, match=r"x-deployer\.directories\[0\]\.path"):
         load_catalog(tmp_path)
+
+
+def test_engine_and_docker_host_are_read_and_a_swarm_stack_carries_its_warnings(root: Path) -> None:
+    write(root, "stacks/sw/compose.yaml", "x-deployer: {engine: swarm, docker_host: 'ssh://deploy@nas:2222'}\n"
+          "services:\n  app: {image: x, restart: always, volumes: ['./data:/data']}\n")  # fmt: skip
+    stack(root, "web", "docker_host: nas-context")
+    catalog = load_catalog(root)
+    assert (catalog["sw"].engine, catalog["sw"].docker_host) == ("swarm", "ssh://deploy@nas:2222")
+    assert (catalog["web"].engine, catalog["web"].docker_host) == ("compose", "nas-context")
+    assert catalog["sw"].warnings == (
+        "stacks/sw/compose.yaml: services.app.restart: ignored by docker stack deploy: use deploy.restart_policy",
+        "stacks/sw/compose.yaml: services.app.volumes[0]: relative bind mount './data': on a multi-node swarm it "
+        "names a path on whichever node runs the task",
+    )
+    assert catalog["web"].warnings == ()

@@ -317,26 +317,27 @@ def test_an_engine_that_stops_answering_changes_nothing_and_is_retried(
     assert container_env(name)["VERSION"] == "1"
 
 
-@pytest.mark.parametrize(
-    ("change", "field"),
-    [
-        ({"repository": "ops/config"}, "repository is not an object"),
-        ({"pusher": ["op"]}, "pusher is not an object"),
-        ({"commits": {"id": "x"}}, "commits is not a list"),
-        ({"after": "a" * 64}, "after is a SHA-256 id but the repository uses SHA-1"),
-    ],
-)
+MALFORMED = [
+    ({"repository": "ops/config"}, "repository is not an object"),
+    ({"pusher": ["op"]}, "pusher is not an object"),
+    ({"commits": {"id": "x"}}, "commits is not a list"),
+    ({"after": "a" * 64}, "after is a SHA-256 id but the repository uses SHA-1"),
+]
+
+
 def test_a_signed_push_with_malformed_fields_is_a_400_naming_the_field_and_queues_nothing(
-    serve: Serve, repo: ConfigRepo, prefix: str, change: dict[str, object], field: str
+    serve: Serve, repo: ConfigRepo, prefix: str
 ) -> None:
+    """Each case against one running service (a service each took 7 s for the same answer)."""
     sha = version(repo, f"{prefix}-app", "1")
     served = serve()
     assert served.finished(served.push(sha))["state"] == "succeeded"  # the worker has told the web the format
     wait_for(lambda: _object_format_known(served), timeout=30, what="the object format to be known")
-    delivery = sign("gitea", push_payload("gitea", after=sha) | change, SECRET)
-    status, answer = http("POST", f"{served.base}/webhook", body=delivery.body, headers=delivery.headers)
-    assert (status, answer["error"]) == (400, "event_invalid")
-    assert field in answer["message"]
+    for change, field in MALFORMED:
+        delivery = sign("gitea", push_payload("gitea", after=sha) | change, SECRET)
+        status, answer = http("POST", f"{served.base}/webhook", body=delivery.body, headers=delivery.headers)
+        assert (status, answer["error"]) == (400, "event_invalid"), (change, answer)
+        assert field in answer["message"], (change, answer)
     nested = b'{"ref": "refs/heads/main", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     deep = sign("gitea", nested, SECRET)
     status, answer = http("POST", f"{served.base}/webhook", body=deep.body, headers=deep.headers)

@@ -9,100 +9,17 @@ gets its final status: nothing stuck `running`.
 
 from __future__ import annotations
 
-import shutil
-import signal
-import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import Serve
 from tests.e2e.served import wait_for
-from tests.helpers import TEST_IMAGE, ConfigRepo, require_tool, service
+from tests.engines import Engine
+from tests.helpers import ConfigRepo, service
 from tests.servers import ForgeServer
 
 pytestmark = pytest.mark.usefixtures("engine")
-
-
-class Engine:
-    """A dockerd of the test's own; start() and stop() it as an operator restarting Docker would.
-
-    It runs in a network namespace of its own (nsenter: `ip netns exec` would remount /sys and hide the
-    cgroups dockerd needs): a second dockerd in the host's namespace takes the host's
-    networking with it (restarted, it deleted the real engine's docker0; its networks took subnets the
-    real engine's use, and their bridges outlived it). Its containers need no network beyond their own.
-    """
-
-    def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="dte", dir="/tmp"))  # unix socket paths are short
-        self.socket = self.root / "docker.sock"
-        self.host = f"unix://{self.socket}"
-        self.netns = self.root.name
-        subprocess.run(["ip", "netns", "add", self.netns], check=True)
-        subprocess.run(["ip", "netns", "exec", self.netns, "ip", "link", "set", "lo", "up"], check=True)
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        argv = ["nsenter", f"--net=/run/netns/{self.netns}", require_tool("dockerd"), "--host", self.host,
-                "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
-                "--pidfile", str(self.root / "dockerd.pid")]  # fmt: skip
-        log = (self.root / "dockerd.log").open("ab")
-        self._process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        wait_for(self.answers, timeout=60, what="the test's dockerd to answer")
-
-    def answers(self) -> bool:
-        return self.docker("version", check=False).returncode == 0
-
-    def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.send_signal(signal.SIGTERM)
-            self._process.wait(timeout=60)
-        self._process = None
-
-    def docker(self, *args: str, check: bool = True, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["docker", "--host", self.host, *args], capture_output=True, text=stdin is None,
-                              input=stdin, check=check, timeout=120)  # fmt: skip
-
-    def env(self, project: str) -> dict[str, str]:
-        ids = self.docker("ps", "--filter", f"label=com.docker.compose.project={project}", "-q").stdout.split()
-        assert len(ids) == 1, ids
-        lines = self.docker("inspect", "--format", "{{range .Config.Env}}{{println .}}{{end}}", ids[0]).stdout
-        return dict(line.split("=", 1) for line in lines.splitlines() if "=" in line)
-
-
-@pytest.fixture
-def own_engine() -> Iterator[Engine]:
-    links_before = set(Path("/sys/class/net").iterdir())
-    engine = Engine()
-    engine.start()
-    image = subprocess.run(["docker", "save", TEST_IMAGE], capture_output=True, check=True).stdout
-    subprocess.run(["docker", "--host", engine.host, "load", "--quiet"], input=image, capture_output=True, check=True)
-    try:
-        yield engine
-    finally:
-        if engine.answers():
-            ids = engine.docker("ps", "-aq").stdout.split()
-            if ids:
-                engine.docker("rm", "--force", *ids, check=False)
-        engine.stop()
-        subprocess.run(["umount", "--recursive", "--lazy", str(engine.root / "data")], capture_output=True,
-                       check=False)  # fmt: skip
-        shutil.rmtree(engine.root, ignore_errors=True)
-        subprocess.run(["ip", "netns", "delete", engine.netns], capture_output=True, check=False)
-        links_after = set(Path("/sys/class/net").iterdir())
-        assert links_before <= links_after, f"host network links deleted: {sorted(links_before - links_after)}"
-        strays = {link.name for link in links_after - links_before if link.name.startswith("br-")} - _host_bridges()
-        assert not strays, f"bridges left in the host's namespace: {sorted(strays)}"
-
-
-def _host_bridges() -> set[str]:
-    """The bridges of the real engine's networks (other tests may make some meanwhile): `br-<id[:12]>`."""
-    ids = subprocess.run(["docker", "network", "ls", "--quiet", "--no-trunc"], capture_output=True, text=True,
-                         check=True).stdout.split()  # fmt: skip
-    return {f"br-{network_id[:12]}" for network_id in ids}
 
 
 def test_the_engine_stopped_during_the_health_wait_and_started_again_is_retried_not_rolled_back(

@@ -7,7 +7,7 @@ must come through untouched.
 stripped of surrounding blanks and line by line. The one way a value can reappear afterwards is through the
 `***` itself, when the value contains `*`; the properties about leaks assume values without one.
 
-The compose backend redacts what it keeps of a failing command (`_tail`, `_last_line`); its properties say the
+The compose backend redacts what it keeps of a failing command (`tail`, `last_line`); its properties say the
 kept text is what redacting the whole output first would keep, so that cutting the output (to a tail, a line,
 stripped of blanks) never splits a value into pieces that are no longer recognised.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deployer.apply.compose import OUTPUT_TAIL, _last_line, _tail
+from deployer.apply.compose import OUTPUT_TAIL, last_line, tail
 from deployer.apply.secrets import MIN_REDACTED_LENGTH, redact
 from deployer.runner import Completed
 
@@ -126,9 +126,9 @@ def outputs(draw: st.DrawFn) -> tuple[Completed, list[str]]:
 def test_the_kept_tail_shows_no_secret(case: tuple[Completed, list[str]]) -> None:
     """The tail kept with a failed stack holds no value whole."""
     result, secrets = case
-    tail = _tail(result, env(secrets))
-    assert not [s for s in long_values(secrets) if s in tail], tail
-    assert not [s for s in long_values(secrets) if s in _last_line(result, env(secrets))]
+    kept = tail(result, env(secrets))
+    assert not [s for s in long_values(secrets) if s in kept], kept
+    assert not [s for s in long_values(secrets) if s in last_line(result, env(secrets))]
 
 
 @SETTINGS
@@ -138,8 +138,8 @@ def test_the_kept_tail_is_the_end_of_the_redacted_output(case: tuple[Completed, 
     OUTPUT_TAIL, or the stripping of blanks, split the value before redaction could recognise it."""
     result, secrets = case
     whole = redact(result.stdout + result.stderr, long_values(secrets)).strip()
-    tail = _tail(result, env(secrets))
-    assert whole.endswith(tail), (tail[:80], whole[-len(tail) :][:80])
+    kept = tail(result, env(secrets))
+    assert whole.endswith(kept), (kept[:80], whole[-len(kept) :][:80])
 
 
 @SETTINGS
@@ -151,4 +151,4 @@ def test_the_last_line_is_the_last_line_of_the_redacted_output(case: tuple[Compl
     stream = redact(result.stderr or result.stdout, long_values(secrets))
     lines = [line.strip() for line in stream.splitlines() if line.strip()]
     expected = lines[-1] if lines else f"exit code {result.returncode}"
-    assert _last_line(result, env(secrets)) == expected
+    assert last_line(result, env(secrets)) == expected

@@ -1,0 +1,138 @@
+"""A Docker engine of a test's own: a second real dockerd on its own socket, data root and exec root.
+
+For what the suite's engine must not undergo: being stopped and started again (tests/e2e/test_engine_restart.py)
+or made a swarm manager (tests/e2e/test_swarm.py). It runs in a network namespace of its own, so nothing of
+it reaches the host's networking, and the fixture checks that it did not.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.served import wait_for
+from tests.helpers import TEST_IMAGE, require_tool
+
+__all__ = ["SWARM_ADDRESS", "Engine", "own_engine"]
+
+#: the address a test engine's swarm advertises: inside its own network namespace only
+SWARM_ADDRESS = "10.199.0.1"
+
+
+class Engine:
+    """A dockerd of the test's own; start() and stop() it as an operator restarting Docker would.
+
+    It runs in a network namespace of its own (nsenter: `ip netns exec` would remount /sys and hide the
+    cgroups dockerd needs): a second dockerd in the host's namespace takes the host's
+    networking with it (restarted, it deleted the real engine's docker0; its networks took subnets the
+    real engine's use, and their bridges outlived it). Its containers need no network beyond their own.
+    """
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="dte", dir="/tmp"))  # unix socket paths are short
+        self.socket = self.root / "docker.sock"
+        self.host = f"unix://{self.socket}"
+        self.netns = self.root.name
+        subprocess.run(["ip", "netns", "add", self.netns], check=True)
+        subprocess.run(["ip", "netns", "exec", self.netns, "ip", "link", "set", "lo", "up"], check=True)
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        argv = ["nsenter", f"--net=/run/netns/{self.netns}", require_tool("dockerd"), "--host", self.host,
+                "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
+                "--pidfile", str(self.root / "dockerd.pid")]  # fmt: skip
+        log = (self.root / "dockerd.log").open("ab")
+        self._process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        wait_for(self.answers, timeout=60, what="the test's dockerd to answer")
+
+    def answers(self) -> bool:
+        return self.docker("version", check=False).returncode == 0
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+            self._process.wait(timeout=60)
+        self._process = None
+
+    def docker(self, *args: str, check: bool = True, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["docker", "--host", self.host, *args], capture_output=True, text=stdin is None,
+                              input=stdin, check=check, timeout=120)  # fmt: skip
+
+    def env(self, project: str) -> dict[str, str]:
+        ids = self.docker("ps", "--filter", f"label=com.docker.compose.project={project}", "-q").stdout.split()
+        assert len(ids) == 1, ids
+        lines = self.docker("inspect", "--format", "{{range .Config.Env}}{{println .}}{{end}}", ids[0]).stdout
+        return dict(line.split("=", 1) for line in lines.splitlines() if "=" in line)
+
+    def swarm_init(self) -> None:
+        """Make this engine a one-node swarm manager, advertised on a veth pair inside its namespace."""
+        ns = ["ip", "netns", "exec", self.netns]
+        subprocess.run([*ns, "ip", "link", "add", "swarm0", "type", "veth", "peer", "name", "swarm1"], check=True)
+        subprocess.run([*ns, "ip", "addr", "add", f"{SWARM_ADDRESS}/24", "dev", "swarm0"], check=True)
+        subprocess.run([*ns, "ip", "link", "set", "swarm0", "up"], check=True)
+        subprocess.run([*ns, "ip", "link", "set", "swarm1", "up"], check=True)
+        self.docker("swarm", "init", "--advertise-addr", SWARM_ADDRESS)
+
+    def services(self, stack: str) -> dict[str, dict[str, object]]:
+        """Each service of swarm stack `stack` by name: its spec's env, update state and running tasks."""
+        ids = self.docker("service", "ls", "--quiet", "--filter", f"label=com.docker.stack.namespace={stack}").stdout
+        found = {}
+        for service_id in ids.split():
+            [spec] = json.loads(self.docker("service", "inspect", service_id).stdout)
+            tasks = self.docker("service", "ps", "--quiet", "--filter", "desired-state=running", service_id).stdout
+            env = spec["Spec"]["TaskTemplate"]["ContainerSpec"].get("Env") or []
+            found[spec["Spec"]["Name"]] = {
+                "env": dict(e.split("=", 1) for e in env),
+                "update": (spec.get("UpdateStatus") or {}).get("State"),
+                "tasks": len(tasks.split()),
+            }
+        return found
+
+
+@pytest.fixture
+def own_engine() -> Iterator[Engine]:
+    """A started engine of the test's own with the test image loaded; stopped and removed after."""
+    links_before = set(Path("/sys/class/net").iterdir())
+    engine = Engine()
+    engine.start()
+    image = subprocess.run(["docker", "save", TEST_IMAGE], capture_output=True, check=True).stdout
+    subprocess.run(["docker", "--host", engine.host, "load", "--quiet"], input=image, capture_output=True, check=True)
+    try:
+        yield engine
+    finally:
+        if engine.answers():
+            engine.docker("swarm", "leave", "--force", check=False)
+            ids = engine.docker("ps", "-aq").stdout.split()
+            if ids:
+                engine.docker("rm", "--force", *ids, check=False)
+        engine.stop()
+        for mount in _mounts_under(engine.root):  # the data root, and the namespaces a swarm pins under exec/netns
+            subprocess.run(["umount", "--lazy", mount], capture_output=True, check=False)
+        shutil.rmtree(engine.root, ignore_errors=True)
+        subprocess.run(["ip", "netns", "delete", engine.netns], capture_output=True, check=False)
+        links_after = set(Path("/sys/class/net").iterdir())
+        host_bridges = _host_bridges()  # other tests make and remove networks meanwhile: only these count
+        deleted = {link.name for link in links_before - links_after} & (host_bridges | {"docker0"})
+        assert not deleted, f"the real engine's bridges deleted: {sorted(deleted)}"
+        strays = {link.name for link in links_after - links_before if link.name.startswith("br-")} - host_bridges
+        assert not strays, f"bridges left in the host's namespace: {sorted(strays)}"
+
+
+def _host_bridges() -> set[str]:
+    """The bridges of the real engine's networks (other tests may make some meanwhile): `br-<id[:12]>`."""
+    ids = subprocess.run(["docker", "network", "ls", "--quiet", "--no-trunc"], capture_output=True, text=True,
+                         check=True).stdout.split()  # fmt: skip
+    return {f"br-{network_id[:12]}" for network_id in ids}
+
+
+def _mounts_under(root: Path) -> list[str]:
+    """Mount points below `root`, deepest first."""
+    points = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    return sorted((p for p in points if p.startswith(f"{root}/")), key=len, reverse=True)

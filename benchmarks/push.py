@@ -152,9 +152,10 @@ warm-up of each first.
 {c.table(["what", "median (spread)"], rows)}
 
 Phases from the audit trail (millisecond timestamps): *answered* is the webhook's round trip; *queued ->
-started* is the doorbell waking the deploy worker, the claim, the fetch, planning and preflight (`docker
-compose config`); *started -> stack up* the worktree checkout; *stack up -> healthy* `docker compose up
---wait` itself; *healthy -> seen* recording the end and this script's next poll.
+started* is the doorbell waking the deploy worker, the claim, the fetch and planning; *started -> stack up*
+preflight (`docker compose config` for the host policy, the engine's ping beside it); *stack up -> healthy*
+the stack's worktree checkout, `docker compose up --wait` itself and reading its image ids from the engine;
+*healthy -> seen* recording the end and this script's next poll.
 
 **Target: median overhead <= {TARGET_MEDIAN_OVERHEAD} s. Measured {median_overhead:.3f} s: {verdict}.**
 

@@ -30,6 +30,7 @@ from deployer.model import (
     Event,
     Intake,
     Outcome,
+    Placement,
     Plan,
     Reason,
     StatusTarget,
@@ -111,6 +112,7 @@ class Worker:
             threading.Thread(target=self._ship_forever, args=(stop,), name="loki", daemon=True).start()
         if self.deps.settings.notify_urls:
             threading.Thread(target=self._notify_forever, args=(stop,), name="notify", daemon=True).start()
+        threading.Thread(target=self._watch_hosts, args=(stop,), name="hosts", daemon=True).start()
         interval = self.deps.settings.poll_interval
         next_poll = time.monotonic() if interval else float("inf")
         next_beat = 0.0
@@ -344,6 +346,23 @@ class Worker:
             self.queue.set_meta("notify", {"ok": False, "error": error.message, "at": time.time()})
         finally:
             store.close()
+
+    def _watch_hosts(self, stop: threading.Event) -> None:
+        """Ask each other engine stacks run on (x-deployer.docker_host) whether it answers, every
+        DEPLOYER_HOST_CHECK_INTERVAL seconds, beside deploying (an ssh host that does not answer takes up to
+        its ConnectTimeout): the answers are shown by /readyz, /api/stacks, the pages and /metrics."""
+        while not stop.is_set():
+            try:
+                hosts = {}
+                for host in self.deps.store.hosts():
+                    problem = self.deps.backend.ping(Placement(docker_host=host))
+                    hosts[host] = {"ok": problem is None, "error": problem, "at": time.time()}
+                self.queue.set_meta("hosts", hosts)
+            except StateUnavailableError as error:
+                log.warning("engine checks wait for the state store: %s", error.message)
+            except Exception:  # the watcher must outlive any one bad host
+                log.exception("engine check failed")
+            stop.wait(self.deps.settings.host_check_interval)
 
     def _report_forever(self, stop: threading.Event) -> None:
         while not stop.is_set():

@@ -97,6 +97,10 @@ class Settings:
     #: what a stack may take from the host (DEPLOYER_ALLOWED_BIND_ROOTS, DEPLOYER_ALLOW_PRIVILEGED)
     host_policy: HostPolicy = field(default_factory=HostPolicy)
     max_parallel: int = 4
+    #: stacks brought up (or down) at once on one engine other than the deployer's own
+    max_per_host: int = 2
+    #: seconds between checks of the other engines stacks run on (x-deployer.docker_host)
+    host_check_interval: float = 30.0
     max_body: int = 1024 * 1024
     #: environment handed to `docker` and `docker compose` (secrets are added per stack)
     docker_env: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -145,6 +149,8 @@ class Settings:
                 environ.get("DEPLOYER_ALLOWED_BIND_ROOTS"), _get(environ, "DEPLOYER_ALLOW_PRIVILEGED")
             ),
             max_parallel=_int(environ, "DEPLOYER_MAX_PARALLEL", 4, minimum=1),
+            max_per_host=_int(environ, "DEPLOYER_MAX_PER_HOST", 2, minimum=1),
+            host_check_interval=_int(environ, "DEPLOYER_HOST_CHECK_INTERVAL", 30, minimum=1),
             max_body=_int(environ, "DEPLOYER_MAX_BODY", 1024 * 1024, minimum=1),
             docker_env=_pick(environ, DOCKER_PASSTHROUGH),
             sops_env=_sops_env(environ),

@@ -215,6 +215,9 @@ class StackRecord:
     deployment_id: str | None
     last_state: str | None
     depends_on: tuple[str, ...]
+    #: where it was last deployed: engine kind and the other engine's address (None: the deployer's own)
+    engine: str = "compose"
+    docker_host: str | None = None
 
 
 class StateStore:
@@ -574,6 +577,25 @@ class StateStore:
         found = json.loads(row["placement"]) if row["placement"] else {}
         return Placement(str(found.get("engine") or "compose"), found.get("docker_host"))
 
+    def hosts(self) -> list[str]:
+        """The other engines (x-deployer.docker_host) deployed stacks run on, sorted."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT json_extract(placement, '$.docker_host') AS host FROM stacks"
+                " WHERE json_extract(placement, '$.docker_host') IS NOT NULL ORDER BY host"
+            ).fetchall()
+        return [str(r["host"]) for r in rows]
+
+    def placements(self) -> dict[str, Placement]:
+        """Where each deployed stack runs."""
+        with self._lock:
+            rows = self._db.execute("SELECT name, placement FROM stacks").fetchall()
+        found = {}
+        for row in rows:
+            placed = json.loads(row["placement"]) if row["placement"] else {}
+            found[row["name"]] = Placement(str(placed.get("engine") or "compose"), placed.get("docker_host"))
+        return found
+
     def images(self, name: str) -> dict[str, str]:
         """The image id each service of `name` ran at its last good commit ({} when not recorded)."""
         with self._lock:
@@ -596,7 +618,7 @@ class StateStore:
         """
         query = """
             WITH names AS (SELECT DISTINCT name FROM deployment_stacks UNION SELECT name FROM stacks)
-            SELECT n.name, s.last_good_commit, s.deployed_at, s.deployment_id,
+            SELECT n.name, s.last_good_commit, s.deployed_at, s.deployment_id, s.placement,
                    (SELECT ds.state FROM deployment_stacks ds INDEXED BY deployment_stacks_by_name
                     WHERE ds.name = n.name AND ds.state != 'pending' ORDER BY ds.rowid DESC LIMIT 1) AS last_state,
                    COALESCE(s.depends_on, (SELECT ds.depends_on FROM deployment_stacks ds INDEXED BY
@@ -605,13 +627,15 @@ class StateStore:
             ORDER BY 1"""
         with self._lock:
             rows = self._db.execute(query).fetchall()
-        return [
-            StackRecord(
+        found = []
+        for r in rows:
+            placed = json.loads(r["placement"]) if r["placement"] else {}
+            found.append(StackRecord(
                 r["name"], r["last_good_commit"], r["deployed_at"], r["deployment_id"], r["last_state"],
-                tuple(json.loads(r["depends_on"] or "[]")),
-            )
-            for r in rows
-        ]  # fmt: skip
+                tuple(json.loads(r["depends_on"] or "[]")), str(placed.get("engine") or "compose"),
+                placed.get("docker_host"),
+            ))  # fmt: skip
+        return found
 
     def deployments(self, limit: int = 20) -> list[dict[str, Any]]:
         """The newest deployments first, each in the contract's shape."""

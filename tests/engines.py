@@ -8,8 +8,10 @@ it reaches the host's networking, and the fixture checks that it did not.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -20,7 +22,7 @@ import pytest
 from tests.e2e.served import wait_for
 from tests.helpers import TEST_IMAGE, require_tool
 
-__all__ = ["SWARM_ADDRESS", "Engine", "own_engine"]
+__all__ = ["SWARM_ADDRESS", "Engine", "SshHost", "own_engine", "ssh_host"]
 
 #: the address a test engine's swarm advertises: inside its own network namespace only
 SWARM_ADDRESS = "10.199.0.1"
@@ -136,3 +138,93 @@ def _mounts_under(root: Path) -> list[str]:
     """Mount points below `root`, deepest first."""
     points = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
     return sorted((p for p in points if p.startswith(f"{root}/")), key=len, reverse=True)
+
+
+class SshHost:
+    """A real sshd on loopback in front of an Engine: `ssh://root@127.0.0.1:<port>`, as an operator's NAS.
+
+    The test makes its keys with ssh-keygen; sshd gives each session DOCKER_HOST (SetEnv), so `docker
+    system dial-stdio`, which the docker CLI runs over ssh, reaches the engine. The deployer finds the
+    key and the host key through an ssh client config, as an operator's ~/.ssh/config would give them:
+    ssh reads ~/.ssh from the passwd entry, not $HOME, so a two-line `ssh` on PATH passes `-F` instead.
+    """
+
+    def __init__(self, engine: Engine, root: Path) -> None:
+        self.engine, self.root = engine, root
+        root.mkdir(parents=True, exist_ok=True)
+        self.port = _free_port()
+        self.url = f"ssh://root@127.0.0.1:{self.port}"
+        for key in ("host_key", "client_key"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", key, "-f", str(root / key)],
+                           check=True)  # fmt: skip
+        self.authorize()
+        host_key = (root / "host_key.pub").read_text().split()
+        (root / "known_hosts").write_text(f"[127.0.0.1]:{self.port} {host_key[0]} {host_key[1]}\n")
+        (root / "sshd_config").write_text(f"""\
+Port {self.port}
+ListenAddress 127.0.0.1
+HostKey {root / "host_key"}
+AuthorizedKeysFile {root / "authorized_keys"}
+PidFile {root / "sshd.pid"}
+StrictModes no
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+SetEnv DOCKER_HOST={engine.host}
+""")
+        (root / "ssh_config").write_text(f"""\
+Host 127.0.0.1
+  IdentityFile {root / "client_key"}
+  IdentitiesOnly yes
+  UserKnownHostsFile {root / "known_hosts"}
+  StrictHostKeyChecking yes
+  BatchMode yes
+""")
+        bin_dir = root / "bin"
+        bin_dir.mkdir()
+        wrapper = bin_dir / "ssh"
+        wrapper.write_text(f'#!/bin/sh\nexec /usr/bin/ssh -F {root / "ssh_config"} "$@"\n')
+        wrapper.chmod(0o755)
+        self.path = f"{bin_dir}:{os.environ['PATH']}"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def authorize(self, *, key: str = "client_key") -> None:
+        (self.root / "authorized_keys").write_text((self.root / f"{key}.pub").read_text() if key else "")
+
+    def start(self) -> None:
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
+        log = (self.root / "sshd.log").open("ab")
+        argv = [require_tool("sshd"), "-D", "-e", "-f", str(self.root / "sshd_config")]
+        self._process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        wait_for(self.answers, timeout=30, what="the test's sshd to answer")
+
+    def answers(self) -> bool:
+        argv = ["docker", "--host", self.url, "version", "--format", "{{.Server.Version}}"]
+        return subprocess.run(argv, capture_output=True, env={**os.environ, "PATH": self.path}, check=False,
+                              timeout=60).returncode == 0  # fmt: skip
+
+    def stop(self) -> None:
+        """Stop sshd and every session it serves (a host that goes away): its children first."""
+        if self._process is not None and self._process.poll() is None:
+            subprocess.run(["pkill", "--signal", "KILL", "--parent", str(self._process.pid)], check=False)
+            self._process.kill()
+            self._process.wait(timeout=30)
+        self._process = None
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def ssh_host(own_engine: Engine, tmp_path: Path) -> Iterator[SshHost]:
+    """The test's own engine behind a real sshd on loopback; stopped after."""
+    host = SshHost(own_engine, tmp_path / "ssh")
+    host.start()
+    try:
+        yield host
+    finally:
+        host.stop()

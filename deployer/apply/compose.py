@@ -26,8 +26,8 @@ from deployer.runner import CommandRunner, Completed
 from deployer.yamlio import YAMLError, safe_load
 
 __all__ = [
-    "ComposeBackend", "StackBackend", "compose_base_argv", "compose_up_argv", "ensure_directory", "last_line",
-    "pin_images", "refuse_host_access", "tail",
+    "ComposeBackend", "StackBackend", "compose_base_argv", "compose_up_argv", "engine_ping_cli", "last_line",
+    "pin_images", "prepare_directories", "refuse_host_access", "tail",
 ]  # fmt: skip
 
 #: how much of a failing command's output is kept for the operator
@@ -93,9 +93,11 @@ def compose_up_argv(stack: Stack, workdir: Path, *, force: bool = False, overrid
 class ComposeBackend:
     """Brings stacks up with the `docker compose` v2 CLI on the engine `docker_env` points at."""
 
-    def __init__(self, *, runner: CommandRunner, docker_env: Mapping[str, str]) -> None:
+    def __init__(self, *, runner: CommandRunner, docker_env: Mapping[str, str], remote: bool = False) -> None:
         self.runner = runner
         self.docker_env = dict(docker_env)
+        #: the engine is another host's: directories are made there, through it, not on this filesystem
+        self.remote = remote
         self.engine = EngineApi(self.docker_env)  # questions for the engine: one API request, not a process
 
     def check(self, stack: Stack, *, workdir: Path, env: Mapping[str, str]) -> dict[str, Any]:
@@ -120,8 +122,8 @@ class ComposeBackend:
         for network in stack.networks:
             self._ensure_network(stack, network)
         variables = {**stack.variables, **stack_env_file(workdir / stack.folder), **env}
-        for directory in stack.directories:
-            ensure_directory(stack, directory, variables)
+        prepare_directories(stack, workdir, variables, runner=self.runner, docker_env=self.docker_env,
+                            remote=self.remote)  # fmt: skip
         timeout = stack.wait_timeout + _UP_GRACE if stack.wait_timeout else 30 * 60
         override = pin_images(workdir / stack.folder, images) if images else None
         try:
@@ -148,6 +150,8 @@ class ComposeBackend:
         return tail(result, {})
 
     def ping(self) -> str | None:
+        if self.docker_env.get("DOCKER_HOST", "").startswith("ssh://") or "DOCKER_CONTEXT" in self.docker_env:
+            return engine_ping_cli(self.runner, self.docker_env)  # the CLI says what ssh said (refused key, host)
         return self.engine.ping()
 
     def _run(
@@ -170,6 +174,15 @@ class ComposeBackend:
         )
         if not created.ok and "already exists" not in created.stderr:
             raise ComposeError(f"{stack.compose_file}: cannot create network {name}: {last_line(created, {})}")
+
+
+def engine_ping_cli(runner: CommandRunner, docker_env: Mapping[str, str]) -> str | None:
+    """`docker version` against the engine: for engines behind ssh or a context, whose errors the CLI names."""
+    result = runner.run(["docker", "version", "--format", "{{.Server.Version}}"], env=docker_env, timeout=30)
+    if result.ok:
+        return None
+    host = docker_env.get("DOCKER_HOST") or f"context {docker_env.get('DOCKER_CONTEXT')}"
+    return f"{host}: {last_line(result, {})}"
 
 
 def refuse_host_access(
@@ -214,6 +227,64 @@ def pin_images(folder: Path, images: Mapping[str, str]) -> Path:
     path = folder / ".deployer-images.yaml"
     path.write_text(yaml.safe_dump({"services": {service: {"image": image} for service, image in images.items()}}))
     return path
+
+
+def prepare_directories(stack: Stack, workdir: Path, variables: Mapping[str, str], *, runner: CommandRunner,
+                        docker_env: Mapping[str, str], remote: bool) -> None:  # fmt: skip
+    """Create the stack's x-deployer directories where its containers will see them: on this filesystem for
+    the deployer's own engine, on the other host (through its engine) for a stack with a docker_host."""
+    if not stack.directories:
+        return
+    if not remote:
+        for directory in stack.directories:
+            ensure_directory(stack, directory, variables)
+        return
+    image = _first_image(stack, workdir, variables)
+    for directory in stack.directories:
+        ensure_directory_on_engine(stack, directory, variables, image=image, runner=runner, docker_env=docker_env)
+
+
+def ensure_directory_on_engine(stack: Stack, directory: Directory, variables: Mapping[str, str], *, image: str,
+                               runner: CommandRunner, docker_env: Mapping[str, str]) -> None:  # fmt: skip
+    """Create a directory on the host of the engine `docker_env` names: the engine creates a missing bind
+    source itself; a short-lived container of the stack's own image (as root, no network) sets owner and mode.
+    An owner must be numeric there: names would resolve in the image, not on that host."""
+    where = docker_env.get("DOCKER_HOST") or f"context {docker_env.get('DOCKER_CONTEXT')}"
+    try:
+        path = os.path.normpath(interpolate(directory.path, variables))
+    except KeyError as error:
+        raise ComposeError(f"{stack.compose_file}: directory {directory.path}: {error.args[0]}") from None
+    if directory.owner is not None and not all(part.isdigit() for part in directory.owner.split(":")):
+        raise ComposeError(f"{stack.compose_file}: directory {path}: owner {directory.owner!r} must be uid[:gid] for a "
+                           f"stack on another engine ({where}): names resolve on that host, not here")  # fmt: skip
+    script = ["true"]
+    if directory.owner is not None:
+        script.append(f"chown {directory.owner} /deployer-dir")
+    if directory.mode is not None:
+        script.append(f"chmod {directory.mode:o} /deployer-dir")
+    argv = ["docker", "run", "--rm", "--user", "0:0", "--network", "none", "--entrypoint", "sh",
+            "--volume", f"{path}:/deployer-dir", image, "-c", " && ".join(script)]  # fmt: skip
+    result = runner.run(argv, env=docker_env, timeout=300)
+    if not result.ok:
+        raise ComposeError(f"{stack.compose_file}: cannot prepare directory {path} on {where} (with {image}): "
+                           f"{last_line(result, {})}")  # fmt: skip
+
+
+def _first_image(stack: Stack, workdir: Path, variables: Mapping[str, str]) -> str:
+    """The image of the stack's first service that names one (interpolated as compose would)."""
+    try:
+        document = safe_load((workdir / stack.compose_file).read_text(encoding="utf-8"))
+    except (OSError, UnicodeError, YAMLError) as error:
+        raise ComposeError(f"{stack.compose_file}: cannot read it: {error}") from None
+    services = document.get("services") if isinstance(document, dict) else None
+    for service in (services or {}).values():
+        if isinstance(service, dict) and isinstance(service.get("image"), str):
+            try:
+                return interpolate(service["image"], variables)
+            except KeyError:
+                continue
+    raise ComposeError(f"{stack.compose_file}: x-deployer.directories on another engine need a service with an "
+                       "image (its container makes them there)")  # fmt: skip
 
 
 def ensure_directory(stack: Stack, directory: Directory, variables: Mapping[str, str]) -> None:

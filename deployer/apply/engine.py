@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import docker
+from docker.context import ContextAPI
 from docker.errors import DockerException
 from docker.utils import kwargs_from_env
 from requests.exceptions import RequestException
@@ -86,7 +87,7 @@ class EngineApi:
         return found
 
     def _host(self) -> str:
-        return self._env.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        return _host(self._env)
 
     def _connected(self) -> docker.DockerClient:
         with self._lock:
@@ -103,12 +104,29 @@ class EngineApi:
 
 def _connect(env: Mapping[str, str]) -> docker.DockerClient:
     """A client at the engine's API version, or TESTED_API_VERSION if the engine's is newer."""
-    kwargs: dict[str, Any] = kwargs_from_env(environment=dict(env))
+    kwargs = _client_kwargs(env)
     client = docker.DockerClient(**kwargs, version="auto", timeout=_TIMEOUT)
     if _newer(client.api.api_version, TESTED_API_VERSION):
         client.close()
         client = docker.DockerClient(**kwargs, version=TESTED_API_VERSION, timeout=_TIMEOUT)
     return client
+
+
+def _client_kwargs(env: Mapping[str, str]) -> dict[str, Any]:
+    """How to reach the engine `env` names: DOCKER_HOST (with DOCKER_TLS_VERIFY / DOCKER_CERT_PATH), or a
+    Docker context (DOCKER_CONTEXT) as the docker CLI stores it. An ssh:// engine is reached through the
+    `ssh` binary, as the docker CLI does (same ~/.ssh/config, keys and known hosts)."""
+    context = env.get("DOCKER_CONTEXT")
+    if context and "DOCKER_HOST" not in env:
+        found = ContextAPI.get_context(context)
+        if found is None:
+            raise DockerException(f"no Docker context named {context!r} (docker context ls)")
+        kwargs: dict[str, Any] = {"base_url": found.Host, "tls": found.TLSConfig or False}
+    else:
+        kwargs = kwargs_from_env(environment=dict(env))
+    if str(kwargs.get("base_url", "")).startswith("ssh://"):
+        kwargs["use_ssh_client"] = True
+    return kwargs
 
 
 def _newer(version: str, than: str) -> bool:
@@ -127,11 +145,17 @@ def _service_images(containers: list[dict[str, Any]]) -> dict[str, str]:
 
 def _why(error: Exception, env: Mapping[str, str]) -> str:
     """`<host>: <the operating system's reason>` when there is one (socket missing, refused, timed out)."""
-    host = env.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    host = _host(env)
     cause = _os_error(error)
     if cause is not None:
         return f"{host}: {cause.strerror or type(cause).__name__}"
     return f"{host}: {' '.join(str(error).split())[:300] or type(error).__name__}"
+
+
+def _host(env: Mapping[str, str]) -> str:
+    if "DOCKER_HOST" in env:
+        return env["DOCKER_HOST"]
+    return f"context {env['DOCKER_CONTEXT']}" if env.get("DOCKER_CONTEXT") else "unix:///var/run/docker.sock"
 
 
 def _os_error(error: BaseException) -> OSError | None:

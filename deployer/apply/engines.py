@@ -8,12 +8,14 @@ store recorded it, since its compose file is gone.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from deployer.apply.compose import ComposeBackend, StackBackend
+from deployer.apply.compose import ComposeBackend, StackBackend, last_line
 from deployer.apply.swarm import SwarmBackend
+from deployer.errors import ComposeInvalidError
 from deployer.model import Placement, Stack, StackName
 from deployer.runner import CommandRunner
 
@@ -33,23 +35,47 @@ class Engines:
     """A StackBackend per placement, made on first use and kept (each holds its engine connection)."""
 
     def __init__(self, *, runner: CommandRunner, docker_env: Mapping[str, str],
-                 placed: Callable[[StackName], Placement | None]) -> None:  # fmt: skip
+                 placed: Callable[[StackName], Placement | None], max_per_host: int = 2) -> None:  # fmt: skip
         self.runner = runner
         self.docker_env = dict(docker_env)
         self._placed = placed
         self._backends: dict[Placement, StackBackend] = {}
         self._last_up: dict[StackName, Placement] = {}
+        self._max_per_host = max_per_host
+        self._slots: dict[str, threading.BoundedSemaphore] = {}
         self._lock = threading.Lock()
 
     def backend(self, placement: Placement) -> StackBackend:
         with self._lock:
             if placement not in self._backends:
                 env = docker_env_for(self.docker_env, placement.docker_host)
-                kind = SwarmBackend if placement.engine == "swarm" else ComposeBackend
-                self._backends[placement] = kind(runner=self.runner, docker_env=env)
+                remote = placement.docker_host is not None
+                if placement.engine == "swarm":
+                    self._backends[placement] = SwarmBackend(runner=self.runner, docker_env=env, remote=remote)
+                else:
+                    self._backends[placement] = ComposeBackend(runner=self.runner, docker_env=env, remote=remote)
             return self._backends[placement]
 
+    @contextmanager
+    def _slot(self, placement: Placement) -> Iterator[None]:
+        """At most max_per_host stacks at once on one other engine (the deployer's own: DEPLOYER_MAX_PARALLEL)."""
+        if placement.docker_host is None:
+            yield
+            return
+        with self._lock:
+            slot = self._slots.setdefault(placement.docker_host, threading.BoundedSemaphore(self._max_per_host))
+        with slot:
+            yield
+
     def check(self, stack: Stack, *, workdir: Path, env: Mapping[str, str]) -> dict[str, Any]:
+        """The backend's check, after proving a Docker context the stack names exists (a typo is bad input,
+        refused before anything changes; an engine that does not answer is a fault, retried)."""
+        host = stack.docker_host
+        if host is not None and "://" not in host:
+            found = self.runner.run(["docker", "context", "inspect", host], env=self.docker_env, timeout=30)
+            if not found.ok:
+                raise ComposeInvalidError(f"{stack.compose_file}: x-deployer.docker_host: no Docker context named "
+                                          f"{host!r} here (docker context ls): {last_line(found, {})}")  # fmt: skip
         return self.backend(stack.placement).check(stack, workdir=workdir, env=env)
 
     def up(
@@ -58,7 +84,8 @@ class Engines:
     ) -> str:  # fmt: skip
         with self._lock:
             self._last_up[stack.name] = stack.placement
-        return self.backend(stack.placement).up(stack, workdir=workdir, env=env, force=force, images=images)
+        with self._slot(stack.placement):
+            return self.backend(stack.placement).up(stack, workdir=workdir, env=env, force=force, images=images)
 
     def placement(self, name: StackName) -> Placement:
         """Where `name` runs: where this process last brought it up, else where the state store says."""
@@ -69,9 +96,12 @@ class Engines:
     def images(self, name: StackName) -> dict[str, str]:
         return self.backend(self.placement(name)).images(name)
 
-    def down(self, name: StackName) -> str:
-        return self.backend(self.placement(name)).down(name)
+    def down(self, name: StackName, placement: Placement | None = None) -> str:
+        """Bring `name` down where it runs (or on `placement`: the engine a moved stack left)."""
+        where = placement or self.placement(name)
+        with self._slot(where):
+            return self.backend(where).down(name)
 
-    def ping(self) -> str | None:
-        """Whether the deployer's own engine answers (each stack's engine is asked when it deploys)."""
-        return self.backend(Placement()).ping()
+    def ping(self, placement: Placement | None = None) -> str | None:
+        """Whether an engine answers: the deployer's own, or the one `placement` names."""
+        return self.backend(Placement(docker_host=placement.docker_host) if placement else Placement()).ping()

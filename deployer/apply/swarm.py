@@ -20,7 +20,7 @@ from typing import Any
 from docker.errors import DockerException
 from requests.exceptions import RequestException
 
-from deployer.apply.compose import ComposeBackend, ensure_directory, last_line, pin_images, tail
+from deployer.apply.compose import ComposeBackend, last_line, pin_images, prepare_directories, tail
 from deployer.apply.engine import EngineApi
 from deployer.errors import ComposeError, ComposeInvalidError, HealthCheckError, SwarmRolledBackError
 from deployer.interpolation import stack_env_file
@@ -39,11 +39,13 @@ _NAMESPACE = "com.docker.stack.namespace"
 class SwarmBackend:
     """Swarm stacks on the engine `docker_env` points at, which must be a swarm manager."""
 
-    def __init__(self, *, runner: CommandRunner, docker_env: Mapping[str, str], poll: float = 0.5) -> None:
+    def __init__(self, *, runner: CommandRunner, docker_env: Mapping[str, str], remote: bool = False,
+                 poll: float = 0.5) -> None:  # fmt: skip
         self.runner = runner
         self.docker_env = dict(docker_env)
+        self.remote = remote
         self.engine = EngineApi(self.docker_env)
-        self._compose = ComposeBackend(runner=runner, docker_env=docker_env)
+        self._compose = ComposeBackend(runner=runner, docker_env=docker_env, remote=remote)
         self._poll = poll
 
     def check(self, stack: Stack, *, workdir: Path, env: Mapping[str, str]) -> dict[str, Any]:
@@ -67,8 +69,8 @@ class SwarmBackend:
         for network in stack.networks:
             self._ensure_network(stack, network)
         variables = {**stack.variables, **stack_env_file(workdir / stack.folder), **env}
-        for directory in stack.directories:
-            ensure_directory(stack, directory, variables)
+        prepare_directories(stack, workdir, variables, runner=self.runner, docker_env=self.docker_env,
+                            remote=self.remote)  # fmt: skip
         before = self._updates(stack.name)
         override = pin_images(workdir / stack.folder, images) if images else None
         argv = ["docker", "stack", "deploy", "--prune", "--with-registry-auth", "--detach=false",
@@ -112,7 +114,7 @@ class SwarmBackend:
         return tail(result, {})
 
     def ping(self) -> str | None:
-        return self.engine.ping()
+        return self._compose.ping()
 
     def _verdict(self, stack: Stack, before: Mapping[str, str | None], *, output: str, result: Completed,
                  env: Mapping[str, str]) -> str:  # fmt: skip

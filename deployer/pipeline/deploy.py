@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Collection, Mapping
@@ -25,6 +26,7 @@ from deployer.model import (
     Action,
     Catalog,
     Outcome,
+    Placement,
     Plan,
     PlannedStack,
     Reason,
@@ -39,6 +41,8 @@ from deployer.plan import load_catalog, make_plan
 from deployer.reasons import reason_for
 
 __all__ = ["deploy"]
+
+log = logging.getLogger(__name__)
 
 _FULL_SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 
@@ -117,16 +121,19 @@ def _deploy_locked(deps: Deps, record: Recorder, request: Request, progress: Pro
     progress.planned(plan)
     # 5. Preflight: every input of every deploying stack is proven good before anything changes,
     # 6. and the engine answers (asked meanwhile), or nothing is touched (retried once it is back).
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ping") as aside:
-        answers = aside.submit(deps.backend.ping) if not plan.is_empty else None
+    hosts = {catalog[s.name].docker_host for s in plan.runnable if s.name in catalog and s.action is Action.DEPLOY}
+    hosts |= {None} if not plan.is_empty else set()
+    with ThreadPoolExecutor(max_workers=len(hosts) or 1, thread_name_prefix="ping") as aside:
+        answers = {host: aside.submit(deps.backend.ping, Placement(docker_host=host)) for host in hosts}
         prepared = _preflight(deps, record, plan, catalog=catalog, tree=tree, progress=progress)
-        problem = answers.result() if answers is not None else None
+        problems = {host: problem for host, answer in answers.items() if (problem := answer.result()) is not None}
     if isinstance(prepared, Outcome):
         return prepared
-    if problem is not None:
-        return _stopped(record, plan, EngineError(f"docker engine not reachable: {problem}"), progress)
-    # 7. Apply: removals, then deploys in dependency order, recording each result as it lands.
-    results = _apply(deps, record, prepared, mirror, progress, force=request.force)
+    if None in problems:  # the deployer's own engine: nothing starts
+        return _stopped(record, plan, EngineError(f"docker engine not reachable: {problems[None]}"), progress)
+    # 7. Apply: removals, then deploys in dependency order, recording each result as it lands; a stack whose
+    #    engine (another host's) did not answer fails with that, and only its dependents are skipped.
+    results = _apply(deps, record, prepared, mirror, progress, force=request.force, unreachable=problems)
     _hold_if_off_the_head(record, request, results, target=target, head=head)
     return Outcome(record.deployment_id, target, results, exit_code=_exit_code(results),
                    reason=_failure_reason(deps, results), rewound_from=plan.rewound_from)  # fmt: skip
@@ -282,20 +289,28 @@ def _stopped(record: Recorder, plan: Plan, error: DeployerError, progress: Progr
 
 
 def _apply(
-    deps: Deps, record: Recorder, prepared: _Prepared, mirror: Mirror, progress: Progress, *, force: bool
-) -> tuple[StackResult, ...]:
+    deps: Deps, record: Recorder, prepared: _Prepared, mirror: Mirror, progress: Progress, *, force: bool,
+    unreachable: Mapping[str | None, str],
+) -> tuple[StackResult, ...]:  # fmt: skip
     plan, catalog, envs = prepared.plan, prepared.catalog, prepared.envs
     worktrees = deps.settings.state_dir / "stacks"
     good = deps.store.last_good()
     images: dict[str, tuple[tuple[str, str], ...]] = {}  # what each stack that came up runs (what a rollback pins)
 
     def bring_up(planned: PlannedStack) -> str:
+        stack = catalog[planned.name]
+        if stack.docker_host in unreachable:
+            raise EngineError(f"{stack.compose_file}: x-deployer.docker_host: engine not reachable: "
+                              f"{unreachable[stack.docker_host]}")  # fmt: skip
+        before = deps.store.placement(planned.name)
         workdir = mirror.checkout(plan.target, worktrees / planned.name)
         try:
-            output = deps.backend.up(catalog[planned.name], workdir=workdir, env=envs[planned.name], force=force)
+            output = deps.backend.up(stack, workdir=workdir, env=envs[planned.name], force=force)
         except ComposeError as error:  # at `up` or its health wait: back to the last good commit, or say why not
             roll_back(deps, record, mirror, planned.name, error, good=good.get(planned.name))
         images[planned.name] = tuple(sorted(deps.backend.images(planned.name).items()))
+        if before is not None and before != stack.placement:
+            output = f"{output}\n{_leave(deps, planned.name, before)}".strip()
         return output
 
     def take_down(planned: PlannedStack) -> str:
@@ -314,6 +329,20 @@ def _apply(
     return removed + run_stacks(deploys, bring_up, max_parallel=limit, on_change=on_change)
 
 
+def _leave(deps: Deps, name: str, before: Placement) -> str:
+    """A stack moved to another engine or engine kind: under DEPLOYER_PRUNE it is brought down where it ran;
+    otherwise it is said (in its output and the log) to be still running there."""
+    if not deps.settings.prune:
+        log.warning("stack %s moved from %s: still running there (DEPLOYER_PRUNE=false)", name, before)
+        return f"moved: still running as {before} (DEPLOYER_PRUNE=false: bring it down there by hand)"
+    try:
+        deps.backend.down(name, before)
+    except DeployerError as error:
+        log.error("stack %s moved from %s: bringing it down there failed: %s", name, before, error.message)
+        return f"moved: bringing it down as {before} failed: {error.message}"
+    return f"moved: brought down as {before}"
+
+
 def _failure_reason(deps: Deps, results: tuple[StackResult, ...]) -> Reason | None:
     """Why the deployment failed: the first failed stack's reason, unless the engine has gone away since."""
     failed = [r for r in results if r.state in (StackState.FAILED, StackState.ROLLED_BACK)]
@@ -321,7 +350,8 @@ def _failure_reason(deps: Deps, results: tuple[StackResult, ...]) -> Reason | No
         return None
     if any(r.reason in TRANSIENT for r in failed):
         return next(r.reason for r in failed if r.reason in TRANSIENT)
-    if deps.backend.ping() is not None:  # compose failed because the engine stopped answering mid-way
+    engines = {Placement(docker_host=deps.backend.placement(r.name).docker_host) for r in failed}
+    if any(deps.backend.ping(engine) is not None for engine in sorted(engines, key=str)):  # it stopped answering
         return Reason.ENGINE_UNREACHABLE
     return failed[0].reason
 

@@ -33,7 +33,7 @@ def roll_back(deps: Deps, record: Recorder, mirror: Mirror, name: str, error: Co
         raise error
     if good is None:
         raise _again(error, f"{error.message}; first deploy: nothing to roll back to (left as compose left it)")
-    if deps.backend.ping() is not None:  # the engine went away: transient, the same commit is retried later
+    if deps.backend.ping(deps.backend.placement(name)) is not None:  # the engine went away: retried later
         raise error
     log.warning("stack %s failed (%s); rolling back to %s", name, error.message, good[:12])
     try:

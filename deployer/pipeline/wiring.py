@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from deployer.apply import Engines, StackBackend
+from deployer.apply import Engines
 from deployer.fetch import Mirror
 from deployer.model import Plan, StackResult
 from deployer.runner import CommandRunner, SubprocessRunner
@@ -44,7 +44,7 @@ class Deps:
 
     settings: Settings
     runner: CommandRunner
-    backend: StackBackend
+    backend: Engines
     store: StateStore
 
     @classmethod
@@ -54,7 +54,12 @@ class Deps:
         return cls(
             settings=settings,
             runner=runner,
-            backend=Engines(runner=runner, docker_env=settings.docker_env, placed=store.placement),
+            backend=Engines(
+                runner=runner,
+                docker_env=settings.docker_env,
+                placed=store.placement,
+                max_per_host=settings.max_per_host,
+            ),
             store=store,
         )
 

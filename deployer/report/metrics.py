@@ -188,7 +188,9 @@ def _outboxes(db: sqlite3.Connection, *, now: float, shipping: bool) -> Iterable
             "deployer_audit_events_set_aside", "Audit events Loki refused or would refuse, kept locally", aside
         )
 
-    meta = dict(db.execute("SELECT key, value FROM meta WHERE key IN ('worker', 'loki', 'notify')").fetchall())
+    meta = dict(db.execute("SELECT key, value FROM meta WHERE key IN ('worker', 'loki', 'notify', 'engine', 'hosts')")
+                .fetchall())  # fmt: skip
+    yield _engines(meta)
     beat = _json_field(meta.get("worker"), "at")
     if beat is not None:
         yield _gauge("deployer_worker_heartbeat_age_seconds", "Seconds since the deploy worker's last heartbeat",
@@ -198,6 +200,23 @@ def _outboxes(db: sqlite3.Connection, *, now: float, shipping: bool) -> Iterable
         ok = _json_field(meta.get(key), "ok") if key != "loki" or shipping else None
         if ok is not None:
             yield _gauge(name, f"1 when {what} succeeded", 1.0 if ok else 0.0)
+
+
+def _engines(meta: dict[str, str]) -> Metric:
+    """1 or 0 per engine as the deploy worker last found it: its own (`host=""`) and each docker_host."""
+    what = "1 when the engine answered the deploy worker's last check (host: a docker_host; empty: its own)"
+    up = GaugeMetricFamily("deployer_engine_up", what, labels=["host"])
+    own = _json_field(meta.get("engine"), "ok")
+    if own is not None:
+        up.add_metric([""], 1.0 if own else 0.0)
+    try:
+        hosts = json.loads(meta.get("hosts") or "{}")
+    except ValueError:
+        hosts = {}
+    for host, state in sorted(hosts.items() if isinstance(hosts, dict) else ()):
+        if isinstance(state, dict):
+            up.add_metric([str(host)], 1.0 if state.get("ok") else 0.0)
+    return up
 
 
 @dataclass

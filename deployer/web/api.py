@@ -7,6 +7,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
@@ -43,11 +44,14 @@ def deployment(deployment_id: str) -> ResponseReturnValue:
 
 @api.get("/api/stacks")
 def stacks() -> ResponseReturnValue:
-    store = Service.current(current_app).store
+    service = Service.current(current_app)
+    store = service.store
     held = store.held()
+    hosts = host_states(service)
     shaped = [
         {"name": r.name, "deployed_commit": r.last_good_commit, "state": r.last_state, "depends_on": list(r.depends_on),
-         "held": held.get(r.name), "paused": False, "drift": []}
+         "held": held.get(r.name), "paused": False, "drift": [], "engine": r.engine, "docker_host": r.docker_host,
+         "host": hosts.get(r.docker_host) if r.docker_host else None}
         for r in store.stacks()
     ]  # fmt: skip
     return jsonify(shaped)
@@ -94,7 +98,7 @@ def readyz() -> ResponseReturnValue:
     engine = service.queue.meta("engine")
     if not (isinstance(engine, dict) and engine.get("ok")):
         problems.append(f"docker engine not reachable: {engine.get('error') if isinstance(engine, dict) else '?'}")
-    warnings = _fetch_warnings(service) + _shipping_warnings(service)
+    warnings = _fetch_warnings(service) + _shipping_warnings(service) + _host_warnings(service)
     if problems:
         return jsonify(status="unready", problems=problems, warnings=warnings), 503
     return jsonify(status="ready", warnings=warnings)
@@ -118,6 +122,24 @@ def _state_disk_problem(state_dir: Path) -> str | None:
     if free < STATE_DISK_MIN_FREE:
         return f"state directory {state_dir} has {free // 1024} KiB free: recording may fail (disk full)"
     return None
+
+
+def host_states(service: Service) -> dict[str, dict[str, Any]]:
+    """Each other engine stacks run on (x-deployer.docker_host): {"ok", "error", "checked_at"} as the deploy
+    worker last found it (every 30 s)."""
+    found = service.queue.meta("hosts")
+    if not isinstance(found, dict):
+        return {}
+    return {
+        str(host): {"ok": bool(state.get("ok")), "error": state.get("error"), "checked_at": state.get("at")}
+        for host, state in found.items() if isinstance(state, dict)
+    }  # fmt: skip
+
+
+def _host_warnings(service: Service) -> list[str]:
+    """Another engine that does not answer fails its own stacks only: the deployer stays ready."""
+    return [f"engine {host} not reachable: {state['error']} (its stacks fail until it answers)"
+            for host, state in sorted(host_states(service).items()) if not state["ok"]]  # fmt: skip
 
 
 def _fetch_warnings(service: Service) -> list[str]:

@@ -25,6 +25,7 @@ from deployer.model import DeploymentState, Trigger
 from deployer.runner import SubprocessRunner
 from deployer.state import StackRecord, StateStore
 from deployer.web import refs
+from deployer.web.api import host_states
 from deployer.web.auth import current_identity, refused
 from deployer.web.context import Service
 from deployer.web.http_errors import HTTP_STATUS
@@ -77,7 +78,8 @@ def stacks() -> ResponseReturnValue:
     chrome = _chrome()
     choices = _choices(service, records) if chrome["can_deploy"] else []
     return render_template("stacks.html", records=records, held=service.store.held(), graph=_graph(records),
-                           choices=choices, branch=service.settings.branch, **chrome)  # fmt: skip
+                           choices=choices, branch=service.settings.branch, hosts=host_states(service),
+                           **chrome)  # fmt: skip
 
 
 @pages.post("/deployments")

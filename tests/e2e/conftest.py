@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import AgeKey, tool_environ
 from tests.e2e.served import SECRET, Served
-from tests.engines import own_engine  # noqa: F401 -- a fixture: an engine of the test's own
+from tests.engines import own_engine, ssh_host  # noqa: F401 -- fixtures: an engine of the test's own, behind sshd
 from tests.helpers import ConfigRepo
 from tests.servers import ForgeServer
 

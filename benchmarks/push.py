@@ -13,56 +13,24 @@ Run from the repository root: `python -m benchmarks.push [--runs 10] [--write-do
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also when run as `python benchmarks/push.py`
 
 from benchmarks import _common as c
-from tests.deliveries import push_payload, sign
+from benchmarks._served import SECRET, finished, push, serving
 from tests.helpers import ConfigRepo, audit_trail, service
 
 STACKS = 5
 TARGET_MEDIAN_OVERHEAD = 0.25
-SECRET = "bench-push-secret"  # noqa: S105 -- a throwaway HMAC key for a loopback service
 PHASES = ("answered", "queued -> started", "started -> stack up", "stack up -> healthy", "healthy -> seen")
 
 
 def write_stack(repo: ConfigRepo, name: str, value: str) -> Path:
     return repo.stack(name, {"app": service(environment={"VALUE": value})}, deployer={"wait_timeout": 60})
-
-
-def get(base: str, path: str) -> dict[str, object]:
-    with urllib.request.urlopen(f"{base}{path}", timeout=10) as answer:  # noqa: S310 -- loopback
-        found: dict[str, object] = json.load(answer)
-    return found
-
-
-def push(base: str, sha: str, before: str) -> tuple[str, float]:
-    """Deliver a signed Gitea push of `sha`; return the deployment id and when the answer came (epoch)."""
-    delivery = sign("gitea", push_payload("gitea", after=sha, before=before), SECRET)
-    request = urllib.request.Request(f"{base}/webhook", data=delivery.body, headers=delivery.headers,  # noqa: S310
-                                     method="POST")  # fmt: skip
-    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 -- loopback
-        return str(json.load(answer)["deployment_id"]), time.time()
-
-
-def finished(base: str, deployment_id: str) -> float:
-    """Poll the deployment every 5 ms until it is done; return when it was seen succeeded (epoch)."""
-    while True:
-        state = get(base, f"/api/deployments/{deployment_id}")["state"]
-        if state == "succeeded":
-            return time.time()
-        if state in ("failed", "superseded"):
-            raise RuntimeError(f"deployment {deployment_id} {state}")
-        time.sleep(0.005)
 
 
 def phases(state: Path, deployment_id: str, sent: float, answered: float, seen: float) -> dict[str, float]:
@@ -90,7 +58,7 @@ def measure(args: argparse.Namespace, prefix: str, tmp: Path) -> int:
     port = c.free_port()
     base = f"http://127.0.0.1:{port}"
     env = c.tool_env(state, DEPLOYER_REPO_URL=repo.url, DEPLOYER_WEBHOOK_SECRET=SECRET, DEPLOYER_POLL_INTERVAL="0")
-    with _serving(env, port, tmp / "serve.log"):
+    with serving(env, port, tmp / "serve.log"):
         deployment_id, _ = push(base, head, "0" * 39 + "1")
         finished(base, deployment_id)
         target = names[2]
@@ -164,28 +132,6 @@ Reproduce: `python -m benchmarks.push --runs {len(ours_t)} --wait-idle --write-d
     print(body)
     if args.write_docs:
         c.write_section("push", body)
-
-
-@contextmanager
-def _serving(env: dict[str, str], port: int, log_path: Path) -> Iterator[None]:
-    """The complete `deployer serve` on loopback `port`, answering, until the block ends."""
-    with log_path.open("w") as log:
-        served = subprocess.Popen([c.deployer_exe(), "serve", "--bind", f"127.0.0.1:{port}"], env=env, stdout=log,
-                                  stderr=subprocess.STDOUT)  # fmt: skip
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    get(f"http://127.0.0.1:{port}", "/healthz")
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
-            yield
-        finally:
-            served.terminate()
-            served.wait(timeout=60)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ import pytest
 from tests.e2e.served import wait_for
 from tests.helpers import TEST_IMAGE, require_tool
 
-__all__ = ["SWARM_ADDRESS", "Engine", "SshHost", "own_engine", "ssh_host"]
+__all__ = ["SWARM_ADDRESS", "Engine", "SshHost", "own_engine", "running_engine", "ssh_host"]
 
 #: the address a test engine's swarm advertises: inside its own network namespace only
 SWARM_ADDRESS = "10.199.0.1"
@@ -98,9 +99,10 @@ class Engine:
         return found
 
 
-@pytest.fixture
-def own_engine() -> Iterator[Engine]:
-    """A started engine of the test's own with the test image loaded; stopped and removed after."""
+@contextmanager
+def running_engine() -> Iterator[Engine]:
+    """A started engine of one's own with the test image loaded; stopped and removed after, with a check that
+    the host's networking is as it was (also for benchmarks/hosts.py)."""
     links_before = set(Path("/sys/class/net").iterdir())
     engine = Engine()
     engine.start()
@@ -125,6 +127,13 @@ def own_engine() -> Iterator[Engine]:
         assert not deleted, f"the real engine's bridges deleted: {sorted(deleted)}"
         strays = {link.name for link in links_after - links_before if link.name.startswith("br-")} - host_bridges
         assert not strays, f"bridges left in the host's namespace: {sorted(strays)}"
+
+
+@pytest.fixture
+def own_engine() -> Iterator[Engine]:
+    """A started engine of the test's own with the test image loaded; stopped and removed after."""
+    with running_engine() as engine:
+        yield engine
 
 
 def _host_bridges() -> set[str]:

@@ -35,13 +35,15 @@ class Engines:
     """A StackBackend per placement, made on first use and kept (each holds its engine connection)."""
 
     def __init__(self, *, runner: CommandRunner, docker_env: Mapping[str, str],
-                 placed: Callable[[StackName], Placement | None], max_per_host: int = 2) -> None:  # fmt: skip
+                 placed: Callable[[StackName], Placement | None], max_per_host: int = 2,
+                 rollback: bool = True) -> None:  # fmt: skip
         self.runner = runner
         self.docker_env = dict(docker_env)
         self._placed = placed
         self._backends: dict[Placement, StackBackend] = {}
         self._last_up: dict[StackName, Placement] = {}
         self._max_per_host = max_per_host
+        self._rollback = rollback
         self._slots: dict[str, threading.BoundedSemaphore] = {}
         self._lock = threading.Lock()
 
@@ -51,7 +53,8 @@ class Engines:
                 env = docker_env_for(self.docker_env, placement.docker_host)
                 remote = placement.docker_host is not None
                 if placement.engine == "swarm":
-                    self._backends[placement] = SwarmBackend(runner=self.runner, docker_env=env, remote=remote)
+                    self._backends[placement] = SwarmBackend(runner=self.runner, docker_env=env, remote=remote,
+                                                             rollback=self._rollback)  # fmt: skip
                 else:
                     self._backends[placement] = ComposeBackend(runner=self.runner, docker_env=env, remote=remote)
             return self._backends[placement]

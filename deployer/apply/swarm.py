@@ -40,10 +40,12 @@ class SwarmBackend:
     """Swarm stacks on the engine `docker_env` points at, which must be a swarm manager."""
 
     def __init__(self, *, runner: CommandRunner, docker_env: Mapping[str, str], remote: bool = False,
-                 poll: float = 0.5) -> None:  # fmt: skip
+                 rollback: bool = True, poll: float = 0.5) -> None:  # fmt: skip
         self.runner = runner
         self.docker_env = dict(docker_env)
         self.remote = remote
+        #: DEPLOYER_ROLLBACK: run `docker service rollback` on an update left paused or unconverged
+        self.rollback = rollback
         self.engine = EngineApi(self.docker_env)
         self._compose = ComposeBackend(runner=runner, docker_env=docker_env, remote=remote)
         self._poll = poll
@@ -146,6 +148,9 @@ class SwarmBackend:
         previous = sorted(n for n in set(failing) if services[n].get("PreviousSpec"))
         if not previous:  # a first deploy: nothing to go back to (left as Swarm left it)
             raise HealthCheckError(f"{stack.compose_file}: not converged: {said}", output=output)
+        if not self.rollback:
+            raise HealthCheckError(f"{stack.compose_file}: not converged: {said} (left as Swarm left it: "
+                                   "DEPLOYER_ROLLBACK=false)", output=output)  # fmt: skip
         for name in previous:
             result = self.runner.run(["docker", "service", "rollback", "--detach=false", name], env=self.docker_env,
                                      timeout=(stack.wait_timeout or 300) + _GRACE)  # fmt: skip

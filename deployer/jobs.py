@@ -231,7 +231,8 @@ class Worker:
             self._tell(head=None, step=None, why=error.message)
             return None
         latest = self.queue.latest_attempt(ref)
-        decision = next_step(head=head, converged=done, latest=latest, now=time.time())
+        decision = next_step(head=head, converged=done, latest=latest, now=time.time(),
+                             first_retry=self.deps.settings.retry_backoff)  # fmt: skip
         self.retry_due = decision.retry_at
         if latest is not None and latest.state is DeploymentState.FAILED and latest.commit == head:
             self.deps.store.set_retry(latest.deployment_id, decision.retry_at)

@@ -101,6 +101,8 @@ class Settings:
     max_per_host: int = 2
     #: seconds between checks of the other engines stacks run on (x-deployer.docker_host)
     host_check_interval: float = 30.0
+    #: seconds before the first retry of a transient failure (doubled for each further one, at most 600)
+    retry_backoff: float = 10.0
     max_body: int = 1024 * 1024
     #: environment handed to `docker` and `docker compose` (secrets are added per stack)
     docker_env: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -151,6 +153,7 @@ class Settings:
             max_parallel=_int(environ, "DEPLOYER_MAX_PARALLEL", 4, minimum=1),
             max_per_host=_int(environ, "DEPLOYER_MAX_PER_HOST", 2, minimum=1),
             host_check_interval=_int(environ, "DEPLOYER_HOST_CHECK_INTERVAL", 30, minimum=1),
+            retry_backoff=_int(environ, "DEPLOYER_RETRY_BACKOFF", 10, minimum=1),
             max_body=_int(environ, "DEPLOYER_MAX_BODY", 1024 * 1024, minimum=1),
             docker_env=_pick(environ, DOCKER_PASSTHROUGH),
             sops_env=_sops_env(environ),

@@ -34,13 +34,15 @@ class Next:
     attempt: int = 0  # the retry this would be (1 = the first retry)
 
 
-def backoff(failures: int) -> float:
-    """Seconds to wait after `failures` transient failures in a row: 10, 20, 40 ... at most 600."""
-    return min(FIRST_RETRY * 2.0 ** max(failures - 1, 0), MAX_RETRY)
+def backoff(failures: int, first: float = FIRST_RETRY) -> float:
+    """Seconds to wait after `failures` transient failures in a row: 10, 20, 40 ... (from `first`), at most 600."""
+    return min(first * 2.0 ** max(failures - 1, 0), MAX_RETRY)
 
 
-def next_step(*, head: str, converged: bool, latest: Attempt | None, now: float) -> Next:  # noqa: PLR0911 -- one return per rule
-    """Decide what to do about the branch head `head`, given the newest attempt on the branch."""
+def next_step(*, head: str, converged: bool, latest: Attempt | None, now: float,  # noqa: PLR0911 -- one return per rule
+              first_retry: float = FIRST_RETRY) -> Next:  # fmt: skip
+    """Decide what to do about the branch head `head`, given the newest attempt on the branch (a transient
+    failure is retried `first_retry` seconds after it, then after twice as long each time)."""
     if converged:
         return Next(Step.NOTHING, f"converged: what runs is what {head[:12]} says")
     if latest is None:
@@ -55,7 +57,7 @@ def next_step(*, head: str, converged: bool, latest: Attempt | None, now: float)
         return Next(Step.NOTHING, f"{head[:12]} failed ({latest.reason}): waiting for a new commit, a manual"
                                   " request or force")  # fmt: skip
     failures = max(latest.transient_failures, 1)
-    due = (latest.finished_at or now) + backoff(failures)
+    due = (latest.finished_at or now) + backoff(failures, first_retry)
     why = f"retry {failures} of {head[:12]} after {latest.reason}"
     if now >= due:
         return Next(Step.DEPLOY, why, attempt=failures)

@@ -131,10 +131,10 @@ ESCAPES: list[tuple[str, Callable[[Path], object], list[str]]] = [
     ("a stack name with a trailing newline", lambda r: write(r, "stacks/web\n/compose.yaml", SERVICES),
      ["stacks/web\\n: invalid stack name (expected ^[a-z0-9][a-z0-9_-]{0,62}$)"]),
     ("numbers and strings as keys", lambda r: stack(r, "web", "1: x\nzz: y"),
-     ["stacks/web/compose.yaml: x-deployer.1: unknown key (known: depends_on, directories, networks, secrets, "
-      "wait_timeout, watch)",
-      "stacks/web/compose.yaml: x-deployer.zz: unknown key (known: depends_on, directories, networks, secrets, "
-      "wait_timeout, watch)"]),
+     ["stacks/web/compose.yaml: x-deployer.1: unknown key (known: depends_on, directories, docker_host, engine, "
+      "networks, secrets, wait_timeout, watch)",
+      "stacks/web/compose.yaml: x-deployer.zz: unknown key (known: depends_on, directories, docker_host, engine, "
+      "networks, secrets, wait_timeout, watch)"]),
     ("a compose file that is not UTF-8", _not_utf8,
      ["stacks/web/compose.yaml: is not UTF-8 text (invalid start byte at byte 9)"]),
     ("a sops regex that does not compile", _uncompilable_sops_regex,

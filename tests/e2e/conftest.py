@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import AgeKey, tool_environ
 from tests.e2e.served import SECRET, Served
-from tests.engines import own_engine, ssh_host  # noqa: F401 -- fixtures: an engine of the test's own, behind sshd
+from tests.engines import module_engine, own_engine, ssh_host  # noqa: F401 -- fixtures: engines of the tests' own
 from tests.helpers import ConfigRepo
 from tests.servers import ForgeServer
 
@@ -32,6 +32,9 @@ def serve(tmp_path: Path, repo: ConfigRepo, age_key: AgeKey, forge: ForgeServer)
     started: list[Served] = []
 
     def start(*, poll: int = 0, key: AgeKey | None = age_key, **extra: str) -> Served:
+        # a transient failure is retried after 2 s here, not the 10 s operators get: tests about the
+        # backoff itself say DEPLOYER_RETRY_BACKOFF="10"
+        extra = {"DEPLOYER_RETRY_BACKOFF": "2", **extra}
         env = tool_environ(tmp_path, key, DEPLOYER_REPO_URL=repo.url, DEPLOYER_WEBHOOK_SECRET=SECRET,
                            DEPLOYER_FORGE="gitea", DEPLOYER_FORGE_API_URL=forge.api_url,
                            DEPLOYER_FORGE_TOKEN=forge.token, DEPLOYER_POLL_INTERVAL=str(poll), **extra)  # fmt: skip

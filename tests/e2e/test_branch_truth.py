@@ -219,7 +219,7 @@ def test_an_age_key_removed_and_restored_is_retried_with_backoff(
         name, {"main": service(environment={"TOKEN": "${APP_TOKEN}"})}, deployer={"secrets": ["secrets/app.env"]}
     )
     sha = repo.commit("with a secret")
-    served = serve(poll=1, key=key)  # the key file is not there yet
+    served = serve(poll=1, key=key, DEPLOYER_RETRY_BACKOFF="10")  # the key file is not there yet
     first = served.finished(wait_for(served.deployments, what="the poll to queue the head")[-1]["id"])
     assert (first["state"], first["error_reason"], first["transient"]) == ("failed", "KeyUnavailable", True)
     assert f"SOPS_AGE_KEY_FILE {key.path} cannot be read" in first["error"]

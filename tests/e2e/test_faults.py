@@ -376,7 +376,7 @@ def test_an_age_key_that_is_a_directory_garbage_or_another_identity_starts_nothi
         return repo.commit(f"v{value}")
 
     first = version("1")
-    served = serve(key=key, DEPLOYER_FORGE_REPO="ops/config")  # a manual deployment's statuses too
+    served = serve(key=key, DEPLOYER_FORGE_REPO="ops/config", DEPLOYER_RETRY_BACKOFF="10")  # manual statuses too
     failed = served.finished(served.push(first))
     assert (failed["state"], failed["error_reason"], failed["transient"]) == ("failed", "KeyUnavailable", True)
     assert failed["error"] == f"secrets/app.env: cannot decrypt: SOPS_AGE_KEY_FILE {key.path} cannot be read" \

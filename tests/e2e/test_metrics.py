@@ -92,7 +92,10 @@ def web_workers(served: Served) -> list[int]:
     children = pgrep.stdout.split()
     found = []
     for pid in map(int, children):
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except FileNotFoundError:  # it exited since pgrep saw it (the worker this test killed)
+            continue
         if b"-m" not in cmdline:
             found.append(pid)
     return found

@@ -58,9 +58,11 @@ def test_a_stack_with_an_ssh_docker_host_runs_there_and_the_others_here(
     data = tmp_path / "nas-data" / "app"
     repo.secret(f"secrets/{remote}.env", {"NAS_TOKEN": "nas-token-value-1"})
     repo.stack(local, {"main": service(environment={"V": "1"})})
-    repo.stack(remote, {"main": service(environment={"V": "1", "TOKEN": "${NAS_TOKEN}"})},
-               deployer={"docker_host": ssh_host.url, "secrets": [f"secrets/{remote}.env"],
-                         "directories": [{"path": str(data), "owner": "1234:2345", "mode": "0750"}]})  # fmt: skip
+    network = f"{prefix}-nas-net"
+    repo.stack(remote, {"main": service(environment={"V": "1", "TOKEN": "${NAS_TOKEN}"}, networks=[network])},
+               deployer={"docker_host": ssh_host.url, "secrets": [f"secrets/{remote}.env"], "networks": [network],
+                         "directories": [{"path": str(data), "owner": "1234:2345", "mode": "0750"}]},
+               networks={network: {"external": True}})  # fmt: skip
     first = repo.commit("one stack here, one on the nas")
     served = serve_with(serve, ssh_host)
     since = time.time()
@@ -70,6 +72,8 @@ def test_a_stack_with_an_ssh_docker_host_runs_there_and_the_others_here(
     assert local_projects(prefix) == {local}
     assert remote_projects(ssh_host, prefix) == {remote}
     assert remote_env(ssh_host, remote)["TOKEN"] == "nas-token-value-1"
+    assert ssh_host.engine.docker("network", "inspect", network, check=False).returncode == 0  # made there
+    assert subprocess.run(["docker", "network", "inspect", network], capture_output=True, check=False).returncode != 0
     # the directory was made by the other engine (a container of the stack's image there), owner and mode set
     assert (data.stat().st_uid, data.stat().st_gid, data.stat().st_mode & 0o777) == (1234, 2345, 0o750)
     events = ["events", "--since", str(int(since)), "--until", str(int(time.time()) + 1), "--filter",
@@ -85,6 +89,11 @@ def test_a_stack_with_an_ssh_docker_host_runs_there_and_the_others_here(
     with urllib.request.urlopen(f"{served.base}/metrics", timeout=10) as answer:  # noqa: S310 -- loopback
         metrics = answer.read().decode()
     assert f'deployer_engine_up{{host="{ssh_host.url}"}} 1.0' in metrics, metrics
+    with urllib.request.urlopen(f"{served.base}/stacks", timeout=10) as answer:  # noqa: S310 -- loopback
+        page = answer.read().decode()
+    rows = {name: page.split(f'<tr data-stack="{name}">', 1)[1].split("</tr>", 1)[0] for name in (local, remote)}
+    assert ssh_host.url in rows[remote] and ssh_host.url not in rows[local], rows  # "Runs on"
+    assert "this host&#39;s engine" in rows[local], rows
     wait_for(lambda: forge.latest(first).get("deployer") == "success", timeout=30, what="the final status")
 
 

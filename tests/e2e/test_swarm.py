@@ -44,9 +44,11 @@ def validate(env: dict[str, str], repo: ConfigRepo) -> subprocess.CompletedProce
 
 
 @pytest.fixture
-def swarm(own_engine: Engine) -> Engine:
-    own_engine.swarm_init()
-    return own_engine
+def swarm(module_engine: Engine) -> Engine:
+    """The module's engine, a one-node swarm manager from its first use on."""
+    if module_engine.docker("info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip() != "active":
+        module_engine.swarm_init()
+    return module_engine
 
 
 def write(repo: ConfigRepo, name: str, **service: Any) -> None:

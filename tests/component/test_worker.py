@@ -191,7 +191,8 @@ def test_the_worker_loop_drains_the_queue_and_reports_ready(
         assert client.get("/readyz").get_json() == {"status": "ready", "warnings": []}
         stacks = client.get("/api/stacks").get_json()
         assert stacks == [{"name": f"{prefix}-app", "deployed_commit": sha, "state": "succeeded", "depends_on": [],
-                           "held": None, "paused": False, "drift": []}]  # fmt: skip
+                           "held": None, "paused": False, "drift": [], "engine": "compose", "docker_host": None,
+                           "host": None}]  # fmt: skip
     finally:
         stop.set()
         loop.join(timeout=30)

@@ -9,6 +9,7 @@ which engine a stack landed on.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 import urllib.request
@@ -19,7 +20,7 @@ import pytest
 
 from tests.e2e.conftest import Serve
 from tests.e2e.served import Served, http, wait_for
-from tests.engines import SshHost
+from tests.engines import Engine, SshHost
 from tests.helpers import TEST_IMAGE, ConfigRepo, service
 from tests.servers import ForgeServer
 
@@ -93,7 +94,7 @@ def test_a_stack_with_an_ssh_docker_host_runs_there_and_the_others_here(
         page = answer.read().decode()
     rows = {name: page.split(f'<tr data-stack="{name}">', 1)[1].split("</tr>", 1)[0] for name in (local, remote)}
     assert ssh_host.url in rows[remote] and ssh_host.url not in rows[local], rows  # "Runs on"
-    assert "this host&#39;s engine" in rows[local], rows
+    assert "this host's engine" in rows[local], rows
     wait_for(lambda: forge.latest(first).get("deployer") == "success", timeout=30, what="the final status")
 
 
@@ -194,3 +195,24 @@ def test_an_unknown_docker_context_is_bad_input_refused_before_anything_changes(
     error = by_name[remote]["error"]
     assert f"stacks/{remote}/compose.yaml: x-deployer.docker_host: no Docker context named 'no-such-context'" in error
     assert local_projects(prefix) == set()  # bad input: nothing deployed anywhere
+
+
+def test_a_stack_on_a_docker_context_runs_on_the_engine_the_context_names(
+    serve: Serve, repo: ConfigRepo, prefix: str, module_engine: Engine, tmp_path: Path
+) -> None:
+    """A context as `docker context create` makes it, in the deployer's DOCKER_CONFIG (how per-host TLS is given)."""
+    config = tmp_path / "docker-config"
+    argv = ["docker", "context", "create", f"{prefix}-nas", "--docker", f"host={module_engine.host}"]
+    env = {**os.environ, "DOCKER_CONFIG": str(config)}
+    made = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
+    assert made.returncode == 0, made.stderr
+    name = f"{prefix}-ctx"
+    repo.stack(name, {"main": service(environment={"V": "1"})}, deployer={"docker_host": f"{prefix}-nas"})
+    first = repo.commit("a stack on a context")
+    served = serve(DOCKER_CONFIG=str(config))
+
+    done = served.finished(served.push(first), timeout=120)
+    assert done["state"] == "succeeded", done
+    assert _projects(["docker", "--host", module_engine.host], prefix) == {name}
+    assert local_projects(prefix) == set()
+    assert {s["name"]: s["docker_host"] for s in served.get("/api/stacks")} == {name: f"{prefix}-nas"}

@@ -7,6 +7,8 @@ it reaches the host's networking, and the fixture checks that it did not.
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
 import os
 import shutil
@@ -19,11 +21,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.e2e.served import wait_for
 from tests.helpers import TEST_IMAGE, require_tool
 
-__all__ = ["SWARM_ADDRESS", "Engine", "SshHost", "module_engine", "own_engine", "running_engine", "ssh_host"]
+__all__ = [
+    "SWARM_ADDRESS", "Engine", "SshHost", "make_tls", "module_engine", "own_engine", "running_engine", "ssh_host",
+    "tls_engine",
+]  # fmt: skip
 
 #: the address a test engine's swarm advertises: inside its own network namespace only
 SWARM_ADDRESS = "10.199.0.1"
@@ -38,11 +47,12 @@ class Engine:
     real engine's use, and their bridges outlived it). Its containers need no network beyond their own.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, dockerd_args: tuple[str, ...] = ()) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="dte", dir="/tmp"))  # unix socket paths are short
         self.socket = self.root / "docker.sock"
         self.host = f"unix://{self.socket}"
         self.netns = self.root.name
+        self.dockerd_args = dockerd_args
         subprocess.run(["ip", "netns", "add", self.netns], check=True)
         subprocess.run(["ip", "netns", "exec", self.netns, "ip", "link", "set", "lo", "up"], check=True)
         self._process: subprocess.Popen[bytes] | None = None
@@ -50,7 +60,7 @@ class Engine:
     def start(self) -> None:
         argv = ["nsenter", f"--net=/run/netns/{self.netns}", require_tool("dockerd"), "--host", self.host,
                 "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
-                "--pidfile", str(self.root / "dockerd.pid")]  # fmt: skip
+                "--pidfile", str(self.root / "dockerd.pid"), *self.dockerd_args]  # fmt: skip
         log = (self.root / "dockerd.log").open("ab")
         self._process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         wait_for(self.answers, timeout=60, what="the test's dockerd to answer")
@@ -100,11 +110,11 @@ class Engine:
 
 
 @contextmanager
-def running_engine() -> Iterator[Engine]:
+def running_engine(*, dockerd_args: tuple[str, ...] = ()) -> Iterator[Engine]:
     """A started engine of one's own with the test image loaded; stopped and removed after, with a check that
     the host's networking is as it was (also for benchmarks/hosts.py)."""
     links_before = set(Path("/sys/class/net").iterdir())
-    engine = Engine()
+    engine = Engine(dockerd_args=dockerd_args)
     engine.start()
     image = subprocess.run(["docker", "save", TEST_IMAGE], capture_output=True, check=True).stdout
     subprocess.run(["docker", "--host", engine.host, "load", "--quiet"], input=image, capture_output=True, check=True)
@@ -244,3 +254,59 @@ def ssh_host(module_engine: Engine, tmp_path: Path) -> Iterator[SshHost]:
         yield host
     finally:
         host.stop()
+
+
+#: the port a TLS test engine listens on inside its own network namespace
+TLS_PORT = 2376
+
+
+def make_tls(directory: Path) -> tuple[Path, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as `docker` expects them: the server's
+    in `directory/server`, the client's in `directory/client` (ca.pem, cert.pem, key.pem: a DOCKER_CERT_PATH)."""
+    server, client = directory / "server", directory / "client"
+    server.mkdir(parents=True)
+    client.mkdir(parents=True)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "deployer test CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))  # fmt: skip
+    loopback: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    for where, usage, names in ((server, ExtendedKeyUsageOID.SERVER_AUTH, loopback),
+                                (client, ExtendedKeyUsageOID.CLIENT_AUTH, [x509.DNSName("deployer")])):  # fmt: skip
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, where.name)]))
+                .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(x509.SubjectAlternativeName(names), critical=False)
+                .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+                .sign(ca_key, hashes.SHA256()))  # fmt: skip
+        (where / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+        (where / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (where / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                          serialization.PrivateFormat.TraditionalOpenSSL,
+                                                          serialization.NoEncryption()))  # fmt: skip
+    return server, client
+
+
+@contextmanager
+def tls_engine(directory: Path) -> Iterator[tuple[Engine, str, Path]]:
+    """An engine answering only TLS with client certificates on tcp (and its unix socket, for the test), its tcp
+    port carried to host loopback by socat (bytes only: TLS is end to end). Yields the engine, its tcp:// URL
+    and a DOCKER_CERT_PATH for clients."""
+    server, client = make_tls(directory)
+    args = ("--host", f"tcp://127.0.0.1:{TLS_PORT}", "--tlsverify", "--tlscacert", str(server / "ca.pem"),
+            "--tlscert", str(server / "cert.pem"), "--tlskey", str(server / "key.pem"))  # fmt: skip
+    with running_engine(dockerd_args=args) as engine:
+        port = _free_port()
+        inside = f"EXEC:nsenter --net=/run/netns/{engine.netns} socat STDIO TCP\\:127.0.0.1\\:{TLS_PORT}"
+        carrier = subprocess.Popen([require_tool("socat"), f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork", inside],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            yield engine, f"tcp://127.0.0.1:{port}", client
+        finally:
+            carrier.kill()
+            carrier.wait(timeout=30)

@@ -122,8 +122,10 @@ def _client_kwargs(env: Mapping[str, str]) -> dict[str, Any]:
         if found is None:
             raise DockerException(f"no Docker context named {context!r} (docker context ls)")
         kwargs: dict[str, Any] = {"base_url": found.Host, "tls": found.TLSConfig or False}
-    else:
-        kwargs = kwargs_from_env(environment=dict(env))
+    else:  # TLS settings apply to tcp:// engines only, as for the docker CLI (the SDK refuses them without a host)
+        tls = ("DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")
+        tcp = env.get("DOCKER_HOST", "").startswith("tcp://")
+        kwargs = kwargs_from_env(environment={k: v for k, v in env.items() if tcp or k not in tls})
     if str(kwargs.get("base_url", "")).startswith("ssh://"):
         kwargs["use_ssh_client"] = True
     return kwargs

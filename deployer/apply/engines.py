@@ -2,14 +2,13 @@
 
 `Engines` is the StackBackend the pipeline holds. It sends each stack to the backend of its placement
 (x-deployer `engine` and `docker_host`); a removal goes where the stack was last deployed, as the state
-store recorded it, since its compose file is gone.
+store recorded it, since its compose file is gone. (How many run at once on one host is the executor's.)
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +22,17 @@ __all__ = ["Engines", "docker_env_for"]
 
 
 def docker_env_for(docker_env: Mapping[str, str], docker_host: str | None) -> dict[str, str]:
-    """The docker CLI's environment for an engine: an address becomes DOCKER_HOST, a name DOCKER_CONTEXT."""
-    if docker_host is None:
-        return dict(docker_env)
-    env = {k: v for k, v in docker_env.items() if k not in ("DOCKER_HOST", "DOCKER_CONTEXT")}
-    env["DOCKER_HOST" if "://" in docker_host else "DOCKER_CONTEXT"] = docker_host
+    """The docker CLI's environment for an engine: an address becomes DOCKER_HOST, a name DOCKER_CONTEXT.
+
+    DOCKER_TLS_VERIFY and DOCKER_CERT_PATH are kept for a tcp:// engine only: the docker CLI reads their
+    certificate files whatever the engine (and fails without them), and a context carries its own TLS.
+    """
+    env = dict(docker_env)
+    if docker_host is not None:
+        env = {k: v for k, v in env.items() if k not in ("DOCKER_HOST", "DOCKER_CONTEXT")}
+        env["DOCKER_HOST" if "://" in docker_host else "DOCKER_CONTEXT"] = docker_host
+    if not env.get("DOCKER_HOST", "").startswith("tcp://"):
+        env = {k: v for k, v in env.items() if k not in ("DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")}
     return env
 
 
@@ -35,16 +40,13 @@ class Engines:
     """A StackBackend per placement, made on first use and kept (each holds its engine connection)."""
 
     def __init__(self, *, runner: CommandRunner, docker_env: Mapping[str, str],
-                 placed: Callable[[StackName], Placement | None], max_per_host: int = 2,
-                 rollback: bool = True) -> None:  # fmt: skip
+                 placed: Callable[[StackName], Placement | None], rollback: bool = True) -> None:  # fmt: skip
         self.runner = runner
         self.docker_env = dict(docker_env)
         self._placed = placed
         self._backends: dict[Placement, StackBackend] = {}
         self._last_up: dict[StackName, Placement] = {}
-        self._max_per_host = max_per_host
         self._rollback = rollback
-        self._slots: dict[str, threading.BoundedSemaphore] = {}
         self._lock = threading.Lock()
 
     def backend(self, placement: Placement) -> StackBackend:
@@ -58,17 +60,6 @@ class Engines:
                 else:
                     self._backends[placement] = ComposeBackend(runner=self.runner, docker_env=env, remote=remote)
             return self._backends[placement]
-
-    @contextmanager
-    def _slot(self, placement: Placement) -> Iterator[None]:
-        """At most max_per_host stacks at once on one other engine (the deployer's own: DEPLOYER_MAX_PARALLEL)."""
-        if placement.docker_host is None:
-            yield
-            return
-        with self._lock:
-            slot = self._slots.setdefault(placement.docker_host, threading.BoundedSemaphore(self._max_per_host))
-        with slot:
-            yield
 
     def check(self, stack: Stack, *, workdir: Path, env: Mapping[str, str]) -> dict[str, Any]:
         """The backend's check, after proving a Docker context the stack names exists (a typo is bad input,
@@ -87,8 +78,7 @@ class Engines:
     ) -> str:  # fmt: skip
         with self._lock:
             self._last_up[stack.name] = stack.placement
-        with self._slot(stack.placement):
-            return self.backend(stack.placement).up(stack, workdir=workdir, env=env, force=force, images=images)
+        return self.backend(stack.placement).up(stack, workdir=workdir, env=env, force=force, images=images)
 
     def placement(self, name: StackName) -> Placement:
         """Where `name` runs: where this process last brought it up, else where the state store says."""
@@ -101,9 +91,7 @@ class Engines:
 
     def down(self, name: StackName, placement: Placement | None = None) -> str:
         """Bring `name` down where it runs (or on `placement`: the engine a moved stack left)."""
-        where = placement or self.placement(name)
-        with self._slot(where):
-            return self.backend(where).down(name)
+        return self.backend(placement or self.placement(name)).down(name)
 
     def ping(self, placement: Placement | None = None) -> str | None:
         """Whether an engine answers: the deployer's own, or the one `placement` names."""

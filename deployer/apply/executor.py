@@ -1,9 +1,10 @@
 """Run planned stacks in dependency order, each as soon as its own dependencies have succeeded.
 
 This knows nothing of compose or git: it schedules a `work` function over a graph, at most
-`max_parallel` at a time, turns exceptions into FAILED results (ROLLED_BACK when the work brought the
-stack back: RolledBackError), and marks the dependents of a stack that did not succeed SKIPPED (not
-failed) while unrelated stacks carry on.
+`max_parallel` at a time and at most `per_group` of one group (the stacks of one other Docker host)
+at a time, a stack whose group is full waiting without holding a worker. It turns exceptions into
+FAILED results (ROLLED_BACK when the work brought the stack back: RolledBackError), and marks the
+dependents of a stack that did not succeed SKIPPED (not failed) while unrelated stacks carry on.
 """
 
 from __future__ import annotations
@@ -30,10 +31,13 @@ def run_stacks(
     *,
     max_parallel: int,
     on_change: Callable[[StackResult], None] = lambda result: None,
+    group: Callable[[PlannedStack], str | None] = lambda planned: None,
+    per_group: int | None = None,
 ) -> tuple[StackResult, ...]:
     """Run `work` over `stacks` honouring their in-plan `depends_on`; never raises.
 
-    `on_change` sees each stack start (RUNNING) and end (SUCCEEDED, FAILED or SKIPPED).
+    `on_change` sees each stack start (RUNNING) and end (SUCCEEDED, FAILED or SKIPPED). A stack whose
+    `group` is not None runs only while fewer than `per_group` of that group run.
     """
     by_name = {s.name: s for s in stacks}
     sorter: TopologicalSorter[StackName] = TopologicalSorter({s.name: set(s.depends_on) for s in stacks})
@@ -41,6 +45,11 @@ def run_stacks(
     results: dict[StackName, StackResult] = {}
     queue: list[StackName] = []
     running: dict[Future[StackResult], StackName] = {}
+    busy: dict[str, int] = {}  # stacks running per group
+
+    def fits(name: StackName) -> bool:
+        key = group(by_name[name])
+        return key is None or per_group is None or busy.get(key, 0) < per_group
 
     def finish(result: StackResult) -> None:
         results[result.name] = result
@@ -55,15 +64,19 @@ def run_stacks(
                     finish(_skipped(by_name[name], blocked))
                 else:
                     queue.append(name)
-            while queue and len(running) < max_parallel:
-                planned = by_name[queue.pop(0)]
+            while len(running) < max_parallel and (pick := next((n for n in queue if fits(n)), None)):
+                queue.remove(pick)
+                planned = by_name[pick]
+                if (key := group(planned)) is not None:
+                    busy[key] = busy.get(key, 0) + 1
                 started = StackResult(planned.name, planned.action, StackState.RUNNING, started_at=time.time())
                 on_change(started)
                 running[pool.submit(_attempt, work, planned, started)] = planned.name
             if running:
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
-                    running.pop(future)
+                    if (key := group(by_name[running.pop(future)])) is not None:
+                        busy[key] -= 1
                     finish(future.result())
     return tuple(results[s.name] for s in stacks)
 

@@ -324,9 +324,12 @@ def _apply(
 
     removals = [s for s in plan.runnable if s.action is Action.REMOVE]
     deploys = [s for s in plan.runnable if s.action is Action.DEPLOY]
-    limit = deps.settings.max_parallel
-    removed = run_stacks(removals, take_down, max_parallel=limit, on_change=on_change)
-    return removed + run_stacks(deploys, bring_up, max_parallel=limit, on_change=on_change)
+    # at most DEPLOYER_MAX_PARALLEL at once, and DEPLOYER_MAX_PER_HOST of those on one other host
+    limits = {"max_parallel": deps.settings.max_parallel, "per_group": deps.settings.max_per_host}
+    removed = run_stacks(removals, take_down, on_change=on_change, **limits,
+                         group=lambda s: deps.backend.placement(s.name).docker_host)  # fmt: skip
+    return removed + run_stacks(deploys, bring_up, on_change=on_change, **limits,
+                                group=lambda s: catalog[s.name].docker_host)  # fmt: skip
 
 
 def _leave(deps: Deps, name: str, before: Placement) -> str:

@@ -58,7 +58,7 @@ class Deps:
                 runner=runner,
                 docker_env=settings.docker_env,
                 placed=store.placement,
-                max_per_host=settings.max_per_host,
+                rollback=settings.rollback,
             ),
             store=store,
         )

@@ -20,7 +20,7 @@ import pytest
 
 from tests.e2e.conftest import Serve
 from tests.e2e.served import Served, http, wait_for
-from tests.engines import Engine, SshHost
+from tests.engines import Engine, SshHost, make_tls, tls_engine
 from tests.helpers import TEST_IMAGE, ConfigRepo, service
 from tests.servers import ForgeServer
 
@@ -47,9 +47,7 @@ def serve_with(serve: Serve, host: SshHost, **extra: str) -> Served:
 
 
 def remote_env(host: SshHost, project: str) -> dict[str, str]:
-    ids = host.engine.docker("ps", "--filter", f"label=com.docker.compose.project={project}", "-q").stdout.split()
-    [inspected] = json.loads(host.engine.docker("inspect", *ids).stdout)
-    return dict(e.split("=", 1) for e in inspected["Config"]["Env"])
+    return _env(host.engine, project)
 
 
 def test_a_stack_with_an_ssh_docker_host_runs_there_and_the_others_here(
@@ -216,3 +214,36 @@ def test_a_stack_on_a_docker_context_runs_on_the_engine_the_context_names(
     assert _projects(["docker", "--host", module_engine.host], prefix) == {name}
     assert local_projects(prefix) == set()
     assert {s["name"]: s["docker_host"] for s in served.get("/api/stacks")} == {name: f"{prefix}-nas"}
+
+
+def test_a_stack_on_a_tcp_engine_with_tls_runs_there_and_a_wrong_certificate_is_named(
+    serve: Serve, repo: ConfigRepo, prefix: str, tmp_path: Path
+) -> None:
+    """tcp:// with TLS and client certificates (DOCKER_TLS_VERIFY, DOCKER_CERT_PATH), a real dockerd: the
+    stack lands on it; with another CA's certificates the same stack fails naming the host."""
+    with tls_engine(tmp_path / "tls") as (engine, url, certs):
+        name, local = f"{prefix}-tls", f"{prefix}-here"
+        repo.stack(name, {"main": service(environment={"V": "1"})}, deployer={"docker_host": url})
+        repo.stack(local, {"main": service(environment={"V": "1"})})  # the TLS settings are not the local socket's
+        first = repo.commit("a stack on a TLS engine, one here")
+        served = serve(DOCKER_TLS_VERIFY="1", DOCKER_CERT_PATH=str(certs))
+        done = served.finished(served.push(first), timeout=120)
+        assert done["state"] == "succeeded", json.dumps(done)
+        assert _projects(["docker", "--host", engine.host], prefix) == {name}
+        assert local_projects(prefix) == {local}
+        served.stop()
+
+        _, strangers = make_tls(tmp_path / "other-ca")
+        repo.stack(name, {"main": service(environment={"V": "2"})}, deployer={"docker_host": url})
+        second = repo.commit("v2, pushed to a deployer holding another CA's certificates")
+        wrong = serve(DOCKER_TLS_VERIFY="1", DOCKER_CERT_PATH=str(strangers))
+        failed = wrong.finished(wrong.push(second, before=first), timeout=120)
+        [stack] = failed["stacks"]  # only the TLS stack changed
+        assert stack["state"] == "failed" and url in stack["error"], stack
+        assert _env(engine, name)["V"] == "1"  # unchanged
+
+
+def _env(engine: Engine, project: str) -> dict[str, str]:
+    ids = engine.docker("ps", "--filter", f"label=com.docker.compose.project={project}", "-q").stdout.split()
+    [inspected] = json.loads(engine.docker("inspect", *ids).stdout)
+    return dict(e.split("=", 1) for e in inspected["Config"]["Env"])

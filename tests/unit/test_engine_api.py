@@ -103,3 +103,11 @@ def test_service_images_come_from_the_compose_labels_of_each_container() -> None
         {"Labels": {"com.docker.compose.service": "job"}},  # no image id
     ]
     assert _service_images(found) == {"web": "sha256:aa", "db": "sha256:bb"}
+
+
+def test_tls_settings_are_for_tcp_engines_only(tmp_path: Path) -> None:
+    """DOCKER_TLS_VERIFY / DOCKER_CERT_PATH set for a tcp:// host must not break the local socket (the SDK
+    refuses TLS without a host; the docker CLI ignores TLS for unix sockets)."""
+    host = f"unix://{tmp_path}/docker.sock"
+    tls = {"DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(tmp_path)}
+    assert EngineApi({"DOCKER_HOST": host, **tls}).ping() == f"{host}: No such file or directory"

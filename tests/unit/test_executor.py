@@ -210,3 +210,33 @@ def test_on_change_sees_running_then_one_final_state() -> None:
 
 def test_nothing_to_run() -> None:
     assert run_stacks([], Recorder(), max_parallel=4) == ()
+
+
+def test_at_most_per_group_run_at_once_and_a_full_group_holds_no_worker() -> None:
+    """Three stacks of host a (one at a time there), one of host b, two local, four workers: the first
+    four to start must be a1, b1, l1, l2 together (a2 and a3 wait without taking a worker), then a2, a3."""
+    hosts = {"a1": "ssh://a", "a2": "ssh://a", "a3": "ssh://a", "b1": "ssh://b", "l1": None, "l2": None}
+    first_wave = threading.Barrier(4, timeout=PATIENCE)
+    running: dict[str | None, int] = {}
+    most: dict[str | None, int] = {}
+    lock = threading.Lock()
+    started: list[str] = []
+
+    def work(stack: PlannedStack) -> str:
+        host = hosts[stack.name]
+        with lock:
+            started.append(stack.name)
+            running[host] = running.get(host, 0) + 1
+            most[host] = max(most.get(host, 0), running[host])
+            wave = len(started) <= 4
+        if wave:
+            first_wave.wait()  # broken (an error) unless four run at once
+        with lock:
+            running[host] -= 1
+        return "up"
+
+    stacks = [planned(name) for name in hosts]
+    results = run_stacks(stacks, work, max_parallel=4, group=lambda s: hosts[s.name], per_group=1)
+    assert set(states(results).values()) == {StackState.SUCCEEDED}
+    assert set(started[:4]) == {"a1", "b1", "l1", "l2"} and started[4:] == ["a2", "a3"]
+    assert most["ssh://a"] == most["ssh://b"] == 1

@@ -192,7 +192,11 @@ baseline: `docker stack deploy --detach=false` of an identical stack by hand, in
 {c.table(["what", "median (spread)"], rows)}
 
 On one machine two engines share the same 2 cores and disk: the spread measures what the deployer adds
-(per-host slots, one ssh-free connection per engine), not more hardware. Median ratio {statistics.median(ratio):.2f}x.
+(per-host slots in the executor, one connection per engine), not more hardware. Median ratio
+{statistics.median(ratio):.2f}x. The swarm difference holds the deployer's preflight (`docker compose config`
+for the host policy, `docker stack config`, the swarm-manager check) and its wait for Swarm to call the
+update `completed`: Swarm keeps an update open for `update_config.monitor` (1 s here) after the last task
+started, and a task failing then still rolls it back; the bare CLI returns as soon as the tasks converged.
 
 Reproduce: `python -m benchmarks.hosts --runs {args.runs} --write-docs` (as root: it starts a dockerd)
 """

@@ -95,6 +95,12 @@ class NotOnBranchError(DeployerError):
     code = "not_on_branch"
 
 
+class UnsignedCommitError(DeployerError):
+    """DEPLOYER_REQUIRE_SIGNED is on and git does not verify the commit's signature against an allowed signer."""
+
+    code = "commit_unsigned"
+
+
 class EngineError(DeployerError):
     """The Docker engine did not answer; nothing was changed."""
 

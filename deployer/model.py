@@ -166,6 +166,7 @@ class Reason(enum.StrEnum):
     INTERRUPTED = "Interrupted"  # the deployer was stopped mid-deployment
     # terminal: the commit (or the request) is at fault
     NOT_ON_BRANCH = "NotOnBranch"  # a push named a commit the branch does not contain
+    UNSIGNED = "Unsigned"  # DEPLOYER_REQUIRE_SIGNED: no signature an allowed signer made
     REF_NOT_FOUND = "RefNotFound"  # no branch, tag or commit by that name
     PLAN_INVALID = "PlanInvalid"
     SECRET_DECRYPT_FAILED = "SecretDecryptFailed"  # noqa: S105 -- a reason name, not a password

@@ -23,6 +23,7 @@ from deployer.errors import (
     PlanError,
     RefNotFoundError,
     SecretError,
+    UnsignedCommitError,
 )
 from deployer.model import Reason
 
@@ -38,6 +39,7 @@ REASON_OF: Final[tuple[tuple[type[DeployerError], Reason], ...]] = (
     (BusyError, Reason.LOCK_HELD),
     (EngineError, Reason.ENGINE_UNREACHABLE),
     (NotOnBranchError, Reason.NOT_ON_BRANCH),
+    (UnsignedCommitError, Reason.UNSIGNED),
     (HealthCheckError, Reason.HEALTH_CHECK_FAILED),
     (ComposeError, Reason.COMPOSE_FAILED),
     (ComposeInvalidError, Reason.COMPOSE_INVALID),

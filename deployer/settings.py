@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from deployer.errors import ConfigError
 from deployer.host_policy import HostPolicy
@@ -103,6 +104,10 @@ class Settings:
     host_check_interval: float = 30.0
     #: seconds before the first retry of a transient failure (doubled for each further one, at most 600)
     retry_backoff: float = 10.0
+    #: deploy only commits whose signature git verifies against these (an SSH allowed_signers file, a GnuPG home)
+    require_signed: bool = False
+    allowed_signers: Path | None = None
+    gpg_keyring: Path | None = None
     max_body: int = 1024 * 1024
     #: environment handed to `docker` and `docker compose` (secrets are added per stack)
     docker_env: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -154,6 +159,7 @@ class Settings:
             max_per_host=_int(environ, "DEPLOYER_MAX_PER_HOST", 2, minimum=1),
             host_check_interval=_int(environ, "DEPLOYER_HOST_CHECK_INTERVAL", 30, minimum=1),
             retry_backoff=_int(environ, "DEPLOYER_RETRY_BACKOFF", 10, minimum=1),
+            **_signing(environ),
             max_body=_int(environ, "DEPLOYER_MAX_BODY", 1024 * 1024, minimum=1),
             docker_env=_pick(environ, DOCKER_PASSTHROUGH),
             sops_env=_sops_env(environ),
@@ -198,6 +204,22 @@ def _int(environ: Mapping[str, str], name: str, default: int, *, minimum: int) -
     if value < minimum:
         raise ConfigError(f"{name}: must be at least {minimum}, got {value}")
     return value
+
+
+def _signing(environ: Mapping[str, str]) -> dict[str, Any]:
+    """DEPLOYER_REQUIRE_SIGNED and what it verifies against: at least one of an SSH allowed_signers file
+    (DEPLOYER_ALLOWED_SIGNERS) and a GnuPG home holding only the allowed keys (DEPLOYER_GPG_KEYRING)."""
+    required = _bool(environ, "DEPLOYER_REQUIRE_SIGNED", default=False)
+    signers = _get(environ, "DEPLOYER_ALLOWED_SIGNERS")
+    keyring = _get(environ, "DEPLOYER_GPG_KEYRING")
+    if signers is not None and not Path(signers).is_file():
+        raise ConfigError(f"DEPLOYER_ALLOWED_SIGNERS: {signers} is not a file (an SSH allowed_signers file)")
+    if keyring is not None and not Path(keyring).is_dir():
+        raise ConfigError(f"DEPLOYER_GPG_KEYRING: {keyring} is not a directory (a GnuPG home with the allowed keys)")
+    if required and signers is None and keyring is None:
+        raise ConfigError("DEPLOYER_REQUIRE_SIGNED: true needs DEPLOYER_ALLOWED_SIGNERS or DEPLOYER_GPG_KEYRING")
+    return {"require_signed": required, "allowed_signers": Path(signers).resolve() if signers else None,
+            "gpg_keyring": Path(keyring).resolve() if keyring else None}  # fmt: skip
 
 
 def _bool(environ: Mapping[str, str], name: str, *, default: bool) -> bool:

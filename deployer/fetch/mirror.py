@@ -6,6 +6,7 @@ is a worktree of its own mirror, forced to one commit.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import threading
@@ -19,6 +20,17 @@ from deployer.errors import FetchError, RefNotFoundError
 __all__ = ["Mirror", "redact_url"]
 
 _SHA = re.compile(r"^[0-9a-f]{4,40}$")
+#: `%G?` of a commit whose signature did not verify, said for operators
+_SIGNATURE = {
+    "N": "no signature",
+    "U": "signed by a key that is not an allowed signer",
+    "B": "bad signature",
+    "E": "its signature cannot be checked (an SSH signature without DEPLOYER_ALLOWED_SIGNERS, or a GPG one "
+    "without the key in DEPLOYER_GPG_KEYRING)",
+    "X": "signature expired",
+    "Y": "signed by an expired key",
+    "R": "signed by a revoked key",
+}
 #: seconds a fetch may take before git (and the ssh or http helper it runs) is killed: git itself never
 #: gives up on a remote that took the connection and does not answer
 FETCH_TIMEOUT = 120.0
@@ -190,6 +202,23 @@ class Mirror:
             raise FetchError(f"cannot diff {base[:12]}..{target[:12]}: {_git_error(error)}") from error
         return frozenset(p for p in out.split("\0") if p)
 
+    def signature_problem(self, sha: str, *, allowed_signers: Path | None, gpg_home: Path) -> str | None:
+        """None when git verifies `sha`'s signature against the allowed signers, else why not, in a few words.
+
+        `git verify-commit` decides (exit 0: a good signature by a key in `allowed_signers` for SSH, or in
+        the GnuPG home `gpg_home` for GPG: any key there passes, so it must hold only the allowed ones). Git
+        never reads another allowed-signers file or the deployer user's own ~/.gnupg.
+        """
+        gpg_home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        config = ["-c", f"gpg.ssh.allowedSignersFile={allowed_signers or os.devnull}"]
+        env = {**os.environ, "GNUPGHOME": str(gpg_home)}
+        status, _, err = self.repo.git.execute(["git", *config, "verify-commit", "--raw", sha], env=env,
+                                                with_extended_output=True, with_exceptions=False)  # fmt: skip
+        if status == 0:
+            return None
+        code = self.repo.git.execute(["git", *config, "log", "-1", "--format=%G?", sha], env=env).strip()
+        return _SIGNATURE.get(code, f"git verify-commit: {_last(err)}")
+
     def files(self, sha: str, under: PurePosixPath) -> list[PurePosixPath]:
         """Every file below `under` at commit `sha` (used to know which stacks a commit had)."""
         out = self.repo.git.ls_tree("-r", "--name-only", "-z", sha, "--", str(under))
@@ -275,3 +304,8 @@ def _git_error(error: git.GitCommandError) -> str:
     # it are generic advice ("Please make sure you have the correct access rights")
     fatal = [line.removeprefix("fatal: ") for line in lines if line.startswith("fatal: ")]
     return redact_url(fatal[0] if fatal else lines[-1] if lines else "git failed")
+
+
+def _last(text: str) -> str:
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[-1] if lines else "failed"

@@ -18,6 +18,7 @@ from deployer.errors import (
     NotOnBranchError,
     RefNotFoundError,
     StateUnavailableError,
+    UnsignedCommitError,
 )
 from deployer.fetch import Mirror
 from deployer.lock import deploy_lock
@@ -102,9 +103,11 @@ def _deploy_locked(deps: Deps, record: Recorder, request: Request, progress: Pro
         target = _resolve(mirror, request)
     except DeployerError as error:
         return record.not_started(error, commit=_known_commit(deps, request))
-    # 3. A push or poll deploys only what the branch contains; an older commit of it is a late delivery.
-    if request.follows_branch and target != head:
-        return _not_the_head(deps, record, mirror, target=target, head=head)
+    # 3. A push or poll deploys only what the branch contains (an older commit of it is a late delivery);
+    #    with DEPLOYER_REQUIRE_SIGNED, only a commit an allowed signer signed, whoever asks.
+    turned_away = _turned_away(deps, record, request, mirror, target=target, head=head)
+    if turned_away is not None:
+        return turned_away
     # 4. Plan against each stack's last good commit (gone from the branch or not), in a clean checkout.
     #    A push releases the stacks a person held at another commit; a poll leaves them where they are.
     if request.trigger == "webhook":
@@ -137,6 +140,21 @@ def _deploy_locked(deps: Deps, record: Recorder, request: Request, progress: Pro
     _hold_if_off_the_head(record, request, results, target=target, head=head)
     return Outcome(record.deployment_id, target, results, exit_code=_exit_code(results),
                    reason=_failure_reason(deps, results), rewound_from=plan.rewound_from)  # fmt: skip
+
+
+def _turned_away(deps: Deps, record: Recorder, request: Request, mirror: Mirror, *, target: str,
+                 head: str) -> Outcome | None:  # fmt: skip
+    """The outcome of a target that must not deploy (not the branch head, or not signed), else None."""
+    if request.follows_branch and target != head:
+        return _not_the_head(deps, record, mirror, target=target, head=head)
+    if not deps.settings.require_signed:
+        return None
+    keys = deps.settings.gpg_keyring or deps.checkouts / "no-gpg-keys"  # never the deployer user's own ~/.gnupg
+    problem = mirror.signature_problem(target, allowed_signers=deps.settings.allowed_signers, gpg_home=keys)
+    if problem is None:
+        return None
+    error = UnsignedCommitError(f"commit not signed by an allowed signer: {target[:12]}: {problem}")
+    return record.unsigned(error, commit=target)
 
 
 def _not_the_head(deps: Deps, record: Recorder, mirror: Mirror, *, target: str, head: str) -> Outcome:

@@ -129,6 +129,15 @@ class Recorder:
         })  # fmt: skip
         return self.not_started(error, commit=commit)
 
+    def unsigned(self, error: DeployerError, *, commit: str) -> Outcome:
+        """A commit DEPLOYER_REQUIRE_SIGNED turns away (nothing deployed): `commit.unsigned` with the end."""
+        log.warning("deployment %s refused: %s", self.deployment_id, error.message)
+        self._refusal = Event("commit.unsigned", {
+            "deployment_id": self.deployment_id, "commit": commit, "ref": self.request.ref,
+            "trigger": self.request.trigger, "actor": self.request.actor, "error": error.message,
+        })  # fmt: skip
+        return self.not_started(error, commit=commit)
+
     def finish(self, outcome: Outcome) -> Outcome:
         """The deployment's end, its `deployment.finished` event and its final statuses: one transaction."""
         said = Told((self._refusal,)) if self._refusal else Told()

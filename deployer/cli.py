@@ -22,7 +22,7 @@ from types import FrameType
 from deployer import __version__
 from deployer.console import ConsoleProgress, format_plan, format_summary, table
 from deployer.errors import ConfigError, DeployerError, PlanError
-from deployer.model import Plan
+from deployer.model import Plan, told
 from deployer.report import format_event
 from deployer.runner import SubprocessRunner
 from deployer.secrets_ops import check, decrypt, edit, encrypt, init, rotate, secret_files, write_sops_config
@@ -104,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     _repo_option(release)
     release.add_argument("stack", metavar="STACK")
     release.set_defaults(handler=_release)
+    _pause_commands(commands)
 
     _audit_parser(commands)
 
@@ -260,6 +261,33 @@ def _release(args: argparse.Namespace, settings: Settings) -> int:
         progress.close()
     print(format_summary(outcome))
     return outcome.exit_code
+
+
+def _pause_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    for verb, what in (("pause", "leave a deployed stack alone: no push or poll touches it until it is resumed"),
+                       ("resume", "a paused stack follows the branch again (from the next push or poll)")):  # fmt: skip
+        paused = commands.add_parser(verb, help=what)
+        paused.add_argument("stack", metavar="STACK")
+        if verb == "pause":
+            paused.add_argument("--reason", help="why, for the audit trail and /api/stacks")
+        paused.set_defaults(handler=_pause)
+
+
+def _pause(args: argparse.Namespace, settings: Settings) -> int:
+    """`deployer pause STACK` / `resume STACK`: recorded with the actor, as `stack.paused` / `stack.resumed`."""
+    store = StateStore(settings.state_dir / "state.db")
+    if args.stack not in {r.name for r in store.stacks() if r.last_good_commit}:
+        raise PlanError(f"no stack {args.stack!r} has been deployed")
+    actor = os.environ.get("USER") or "cli"
+    if args.command == "pause":
+        event = told("stack.paused", {"stack": args.stack, "actor": actor, "reason": args.reason, "trigger": "cli"})
+        done = store.pause(args.stack, actor=actor, reason=args.reason, told=event)
+        print(f"{args.stack}: {'paused' if done else 'was paused already'}: pushes and polls leave it alone")
+    else:
+        done = store.resume(args.stack, told=told("stack.resumed", {"stack": args.stack, "actor": actor,
+                                                                     "trigger": "cli"}))  # fmt: skip
+        print(f"{args.stack}: {'resumed' if done else 'was not paused'}: it follows {settings.branch} again")
+    return 0
 
 
 def _validate(args: argparse.Namespace, settings: Settings) -> int:

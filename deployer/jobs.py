@@ -84,7 +84,7 @@ class Worker:
         self.doorbell = Doorbell(deps.settings.state_dir)
         self.session = requests.Session()
         #: (head, last good commits) last found converged, so an unchanged world is not planned again
-        self._converged: tuple[str, tuple[tuple[str, str], ...]] | None = None
+        self._converged: tuple[object, ...] | None = None
         #: when the reconcile loop must look again before its next poll (a retry falls due)
         self.retry_due: float | None = None
         self._object_format: str | None = None
@@ -248,7 +248,9 @@ class Worker:
         self.queue.set_meta("fetch", {"ok": error is None, "error": error, "at": time.time()})
 
     def _is_converged(self, head: str) -> bool:
-        seen = (head, tuple(sorted(self.deps.store.last_good().items())))
+        store = self.deps.store  # what is left out of the plan (held, paused) decides too: a resume un-converges
+        seen = (head, tuple(sorted(store.last_good().items())), tuple(sorted(store.held())),
+                tuple(sorted(store.paused())))  # fmt: skip
         if seen == self._converged:
             return True
         done = converged(self.deps, repo_url=str(self.deps.settings.repo_url), head=head)

@@ -107,7 +107,10 @@ CREATE TABLE IF NOT EXISTS stacks (
     held_actor TEXT,
     held_reason TEXT,
     images TEXT,
-    placement TEXT
+    placement TEXT,
+    paused_actor TEXT,
+    paused_reason TEXT,
+    paused_at TEXT
 );
 CREATE TABLE IF NOT EXISTS deliveries (
     forge TEXT NOT NULL,
@@ -182,6 +185,9 @@ _ADDED_COLUMNS = (
     ("deployment_stacks", "rolled_back_to", "TEXT"),
     ("stacks", "images", "TEXT"),
     ("stacks", "placement", "TEXT"),
+    ("stacks", "paused_actor", "TEXT"),
+    ("stacks", "paused_reason", "TEXT"),
+    ("stacks", "paused_at", "TEXT"),
 )
 #: the upper bounds (seconds) of the stack deploy duration histogram /metrics exports: a stack is brought up
 #: in a few seconds to several minutes. Each result's bucket (an index into these; len() for above the last)
@@ -475,6 +481,34 @@ class StateStore:
             if told is not None and chosen:
                 write_told(db, told(chosen))
         return chosen
+
+    def pause(self, name: str, *, actor: str | None, reason: str | None, told: Told = NOTHING_TOLD) -> bool:
+        """Leave deployed stack `name` alone: no push or poll touches it until it is resumed. False if it is
+        not deployed or already paused (then nothing is written)."""
+        with self._tx() as db:
+            changed = db.execute("UPDATE stacks SET paused_actor = ?, paused_reason = ?, paused_at = ?"
+                                 " WHERE name = ? AND paused_at IS NULL",
+                                 (actor, reason, rfc3339(time.time()), name)).rowcount  # fmt: skip
+            if changed:
+                write_told(db, told)
+        return bool(changed)
+
+    def resume(self, name: str, *, told: Told = NOTHING_TOLD) -> bool:
+        """A paused stack follows the branch again. False if it was not paused."""
+        with self._tx() as db:
+            changed = db.execute("UPDATE stacks SET paused_actor = NULL, paused_reason = NULL, paused_at = NULL"
+                                 " WHERE name = ? AND paused_at IS NOT NULL", (name,)).rowcount  # fmt: skip
+            if changed:
+                write_told(db, told)
+        return bool(changed)
+
+    def paused(self) -> dict[str, dict[str, str | None]]:
+        """Each paused stack: {"actor", "reason", "at"}."""
+        with self._lock:
+            rows = self._db.execute("SELECT name, paused_actor, paused_reason, paused_at FROM stacks"
+                                    " WHERE paused_at IS NOT NULL").fetchall()  # fmt: skip
+        return {r["name"]: {"actor": r["paused_actor"], "reason": r["paused_reason"], "at": r["paused_at"]}
+                for r in rows}  # fmt: skip
 
     def meta(self, key: str) -> object:
         """A value the processes share (heartbeats, cursors, how a shipper stands), as JSON; None if unset."""

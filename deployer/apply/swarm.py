@@ -73,9 +73,10 @@ class SwarmBackend:
         variables = {**stack.variables, **stack_env_file(workdir / stack.folder), **env}
         prepare_directories(stack, workdir, variables, runner=self.runner, docker_env=self.docker_env,
                             remote=self.remote)  # fmt: skip
-        before = self._updates(stack.name)
+        before = self._updates(stack.name) if stack.wait_timeout > 0 else {}
         override = pin_images(workdir / stack.folder, images) if images else None
-        argv = ["docker", "stack", "deploy", "--prune", "--with-registry-auth", "--detach=false",
+        wait = stack.wait_timeout > 0  # 0: do not wait, as for compose (nothing is judged then)
+        argv = ["docker", "stack", "deploy", "--prune", "--with-registry-auth", f"--detach={str(not wait).lower()}",
                 "--resolve-image", "changed", "--compose-file", str(workdir / stack.compose_file)]  # fmt: skip
         if override is not None:
             argv += ["--compose-file", str(override)]
@@ -86,12 +87,12 @@ class SwarmBackend:
             if override is not None:
                 override.unlink(missing_ok=True)
         output = tail(result, env)
-        if not result.ok and not self._services(stack.name):
+        if not result.ok and (not wait or not self._services(stack.name)):
             raise ComposeError(f"{stack.compose_file}: docker stack deploy failed: {last_line(result, env)}",
                                output=output)  # fmt: skip
         if force:
             self._force_update(stack, env)
-        return self._verdict(stack, before, output=output, result=result, env=env)
+        return self._verdict(stack, before, output=output, result=result, env=env) if wait else output
 
     def images(self, name: StackName) -> dict[str, str]:
         """The image each service's spec names (Swarm pins the digest it resolved), by service name."""

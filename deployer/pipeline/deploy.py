@@ -110,9 +110,11 @@ def _deploy_locked(deps: Deps, record: Recorder, request: Request, progress: Pro
         return turned_away
     # 4. Plan against each stack's last good commit (gone from the branch or not), in a clean checkout.
     #    A push releases the stacks a person held at another commit; a poll leaves them where they are.
+    #    Neither touches a paused stack (`deployer pause`); a person naming it does.
     if request.trigger == "webhook":
         record.release_held(commit=target)
     held = tuple(deps.store.held()) if request.trigger == "poll" else ()
+    held += tuple(deps.store.paused()) if request.follows_branch else ()  # paused: left alone until resumed
     try:
         tree = mirror.clean_checkout(target, deps.checkouts / "deploy")
         plan, catalog = _plan(deps, mirror, tree, target=target, requested=request.stacks, exclude=held,

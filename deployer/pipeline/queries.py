@@ -59,7 +59,8 @@ def plan_against_deployed(deps: Deps, *, repo_url: str, target_ref: str | None =
                                stacks_dir=deps.settings.stacks_dir, allow_placeholders=True)  # fmt: skip
     changes = {base: mirror.changed_paths(base, target) for base in bases}
     return make_plan(catalog, target=target, deployed=deployed, changes=changes, prune=deps.settings.prune,
-                     rewound_from=mirror.not_ancestors(bases, of=target), exclude=tuple(deps.store.held()))  # fmt: skip
+                     rewound_from=mirror.not_ancestors(bases, of=target),
+                     exclude=(*deps.store.held(), *deps.store.paused()))  # fmt: skip
 
 
 def converged(deps: Deps, *, repo_url: str, head: str) -> bool:

@@ -71,6 +71,8 @@ def test_a_stack_with_an_ssh_docker_host_runs_there_and_the_others_here(
     assert local_projects(prefix) == {local}
     assert remote_projects(ssh_host, prefix) == {remote}
     assert remote_env(ssh_host, remote)["TOKEN"] == "nas-token-value-1"
+    for text in (served.log(), json.dumps(served.audit()), (served.state / "state.db").read_bytes().decode("latin-1")):
+        assert "nas-token-value-1" not in text
     assert ssh_host.engine.docker("network", "inspect", network, check=False).returncode == 0  # made there
     assert subprocess.run(["docker", "network", "inspect", network], capture_output=True, check=False).returncode != 0
     # the directory was made by the other engine (a container of the stack's image there), owner and mode set

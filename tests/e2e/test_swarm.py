@@ -7,6 +7,7 @@ then reads the result from that engine itself: services, their specs' environmen
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,9 @@ def test_a_swarm_stack_deploys_with_its_secrets_and_converges(
     assert [s["env"]["VALUE"] for s in swarm.services(name).values()] == ["2"]
     stacks = {s["name"]: s for s in served.get("/api/stacks")}
     assert stacks[name]["deployed_commit"] == second
+    for text in (served.log(), json.dumps(served.audit()), (served.state / "state.db").read_bytes().decode("latin-1"),
+                 json.dumps(served.deployments()), json.dumps([p.description for p in forge.posted])):  # fmt: skip
+        assert "swarm-token-value-1" not in text  # in the service's spec, where interpolation puts it; nowhere else
 
 
 @pytest.mark.parametrize("failure_action", ["rollback", "pause"])

@@ -26,9 +26,12 @@ def forge() -> Iterator[ForgeServer]:
 
 
 @pytest.fixture
-def serve(tmp_path: Path, repo: ConfigRepo, age_key: AgeKey, forge: ForgeServer) -> Iterator[Serve]:
+def serve(tmp_path: Path, repo: ConfigRepo, age_key: AgeKey, forge: ForgeServer, prefix: str) -> Iterator[Serve]:
     """Start `deployer serve` on this test's repository (poll interval and other settings as given), with
-    statuses going to the forge stand-in; every service started is stopped, and its log holds no secret."""
+    statuses going to the forge stand-in; every service started is stopped, and its log holds no secret.
+
+    It asks for `prefix` so that it is stopped before the prefix's containers are removed: a service still
+    polling would otherwise deploy them again after the cleanup (a failed test left them running)."""
     started: list[Served] = []
 
     def start(*, poll: int = 0, key: AgeKey | None = age_key, **extra: str) -> Served:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from deployer.apply.engine import EngineApi
+from deployer.apply.engine import EngineApi, engine_name
 from deployer.apply.secrets import redact
 from deployer.errors import ComposeError, ComposeInvalidError, HealthCheckError, PolicyError
 from deployer.host_policy import HostPolicy, env_files, violations
@@ -26,8 +26,8 @@ from deployer.runner import CommandRunner, Completed
 from deployer.yamlio import YAMLError, safe_load
 
 __all__ = [
-    "ComposeBackend", "StackBackend", "compose_base_argv", "compose_up_argv", "engine_ping_cli", "last_line",
-    "pin_images", "prepare_directories", "refuse_host_access", "tail",
+    "ComposeBackend", "StackBackend", "compose_base_argv", "compose_up_argv", "compose_variables", "engine_ping_cli",
+    "last_line", "pin_images", "prepare_directories", "refuse_host_access", "tail",
 ]  # fmt: skip
 
 #: how much of a failing command's output is kept for the operator
@@ -121,9 +121,7 @@ class ComposeBackend:
     ) -> str:  # fmt: skip
         for network in stack.networks:
             self._ensure_network(stack, network)
-        variables = {**stack.variables, **stack_env_file(workdir / stack.folder), **env}
-        prepare_directories(stack, workdir, variables, runner=self.runner, docker_env=self.docker_env,
-                            remote=self.remote)  # fmt: skip
+        prepare_directories(stack, workdir, env, runner=self.runner, docker_env=self.docker_env, remote=self.remote)
         timeout = stack.wait_timeout + _UP_GRACE if stack.wait_timeout else 30 * 60
         override = pin_images(workdir / stack.folder, images) if images else None
         try:
@@ -181,8 +179,7 @@ def engine_ping_cli(runner: CommandRunner, docker_env: Mapping[str, str]) -> str
     result = runner.run(["docker", "version", "--format", "{{.Server.Version}}"], env=docker_env, timeout=30)
     if result.ok:
         return None
-    host = docker_env.get("DOCKER_HOST") or f"context {docker_env.get('DOCKER_CONTEXT')}"
-    return f"{host}: {last_line(result, {})}"
+    return f"{engine_name(docker_env)}: {last_line(result, {})}"
 
 
 def refuse_host_access(
@@ -212,7 +209,7 @@ def _env_files(stack: Stack, workdir: Path, secrets: Mapping[str, str]) -> list[
     if not isinstance(document, dict):
         return []
     folder = workdir / stack.folder
-    variables = {**stack.variables, **stack_env_file(folder), **secrets}
+    variables = compose_variables(stack, workdir, secrets)
     found = []
     for where, path in env_files(document):
         try:
@@ -229,12 +226,19 @@ def pin_images(folder: Path, images: Mapping[str, str]) -> Path:
     return path
 
 
-def prepare_directories(stack: Stack, workdir: Path, variables: Mapping[str, str], *, runner: CommandRunner,
+def compose_variables(stack: Stack, workdir: Path, secrets: Mapping[str, str]) -> dict[str, str]:
+    """What compose interpolates a stack's file with: shared.env, the stack's own .env over it, its secrets last."""
+    return {**stack.variables, **stack_env_file(workdir / stack.folder), **secrets}
+
+
+def prepare_directories(stack: Stack, workdir: Path, secrets: Mapping[str, str], *, runner: CommandRunner,
                         docker_env: Mapping[str, str], remote: bool) -> None:  # fmt: skip
     """Create the stack's x-deployer directories where its containers will see them: on this filesystem for
-    the deployer's own engine, on the other host (through its engine) for a stack with a docker_host."""
+    the deployer's own engine, on the other host (through its engine) for a stack with a docker_host. Their
+    paths are interpolated as compose would (compose_variables)."""
     if not stack.directories:
         return
+    variables = compose_variables(stack, workdir, secrets)
     if not remote:
         for directory in stack.directories:
             ensure_directory(stack, directory, variables)
@@ -249,7 +253,7 @@ def ensure_directory_on_engine(stack: Stack, directory: Directory, variables: Ma
     """Create a directory on the host of the engine `docker_env` names: the engine creates a missing bind
     source itself; a short-lived container of the stack's own image (as root, no network) sets owner and mode.
     An owner must be numeric there: names would resolve in the image, not on that host."""
-    where = docker_env.get("DOCKER_HOST") or f"context {docker_env.get('DOCKER_CONTEXT')}"
+    where = engine_name(docker_env)
     try:
         path = os.path.normpath(interpolate(directory.path, variables))
     except KeyError as error:

@@ -18,7 +18,7 @@ from docker.errors import DockerException
 from docker.utils import kwargs_from_env
 from requests.exceptions import RequestException
 
-__all__ = ["TESTED_API_VERSION", "EngineApi"]
+__all__ = ["TESTED_API_VERSION", "EngineApi", "engine_name"]
 
 #: the newest Engine API version this code is tested against; a newer engine is spoken to at this version
 TESTED_API_VERSION = "1.45"
@@ -70,10 +70,11 @@ class EngineApi:
         except (DockerException, RequestException) as error:
             self._forget()
             return _why(error, self._env)
+        where = engine_name(self._env)
         if swarm.get("LocalNodeState") != "active":
-            return f"the engine at {self._host()} is not part of a swarm (docker swarm init, or join one)"
+            return f"the engine at {where} is not part of a swarm (docker swarm init, or join one)"
         if not swarm.get("ControlAvailable"):
-            return f"the engine at {self._host()} is a swarm worker, not a manager: stacks deploy through a manager"
+            return f"the engine at {where} is a swarm worker, not a manager: stacks deploy through a manager"
         return None
 
     def services(self, label: str) -> list[dict[str, Any]]:
@@ -85,9 +86,6 @@ class EngineApi:
         """`GET /tasks` of one service. Raises DockerException or RequestException."""
         found: list[dict[str, Any]] = self._connected().api.tasks(filters={"service": service_id})
         return found
-
-    def _host(self) -> str:
-        return _host(self._env)
 
     def _connected(self) -> docker.DockerClient:
         with self._lock:
@@ -147,14 +145,15 @@ def _service_images(containers: list[dict[str, Any]]) -> dict[str, str]:
 
 def _why(error: Exception, env: Mapping[str, str]) -> str:
     """`<host>: <the operating system's reason>` when there is one (socket missing, refused, timed out)."""
-    host = _host(env)
+    host = engine_name(env)
     cause = _os_error(error)
     if cause is not None:
         return f"{host}: {cause.strerror or type(cause).__name__}"
     return f"{host}: {' '.join(str(error).split())[:300] or type(error).__name__}"
 
 
-def _host(env: Mapping[str, str]) -> str:
+def engine_name(env: Mapping[str, str]) -> str:
+    """The engine a docker environment names, for messages: its DOCKER_HOST, its context, or the default socket."""
     if "DOCKER_HOST" in env:
         return env["DOCKER_HOST"]
     return f"context {env['DOCKER_CONTEXT']}" if env.get("DOCKER_CONTEXT") else "unix:///var/run/docker.sock"

@@ -20,10 +20,9 @@ from typing import Any
 from docker.errors import DockerException
 from requests.exceptions import RequestException
 
-from deployer.apply.compose import ComposeBackend, last_line, pin_images, prepare_directories, tail
+from deployer.apply.compose import ComposeBackend, compose_variables, last_line, pin_images, prepare_directories, tail
 from deployer.apply.engine import EngineApi
 from deployer.errors import ComposeError, ComposeInvalidError, HealthCheckError, SwarmRolledBackError
-from deployer.interpolation import stack_env_file
 from deployer.model import Stack, StackName
 from deployer.runner import CommandRunner, Completed
 
@@ -70,9 +69,7 @@ class SwarmBackend:
     ) -> str:  # fmt: skip
         for network in stack.networks:
             self._ensure_network(stack, network)
-        variables = {**stack.variables, **stack_env_file(workdir / stack.folder), **env}
-        prepare_directories(stack, workdir, variables, runner=self.runner, docker_env=self.docker_env,
-                            remote=self.remote)  # fmt: skip
+        prepare_directories(stack, workdir, env, runner=self.runner, docker_env=self.docker_env, remote=self.remote)
         before = self._updates(stack.name) if stack.wait_timeout > 0 else {}
         override = pin_images(workdir / stack.folder, images) if images else None
         wait = stack.wait_timeout > 0  # 0: do not wait, as for compose (nothing is judged then)
@@ -224,8 +221,7 @@ class SwarmBackend:
     def _run(self, argv: list[str], stack: Stack, workdir: Path, env: Mapping[str, str], *,
              timeout: float) -> Completed:  # fmt: skip
         """A docker command with the variables compose would read (Swarm reads no .env itself) and the secrets."""
-        variables = {**stack.variables, **stack_env_file(workdir / stack.folder)}
-        return self.runner.run(argv, env={**self.docker_env, **variables, **env}, timeout=timeout)
+        return self.runner.run(argv, env={**self.docker_env, **compose_variables(stack, workdir, env)}, timeout=timeout)
 
 
 def _update(service: Mapping[str, Any]) -> str | None:

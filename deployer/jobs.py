@@ -46,13 +46,17 @@ from deployer.pipeline import (
     branch_head,
     converged,
     deploy,
+    preview,
     superseded_statuses,
 )
 from deployer.plan.retry import Step, next_step
+from deployer.previews import PreviewClaim, Previews
 from deployer.queue import Claim, Queue, Undelivered
 from deployer.report.forges import POSTERS, GiveUp, Retry
+from deployer.report.forges.comments import upsert_comment
 from deployer.report.loki import LokiClient, ship_batch
 from deployer.report.notify import Notifier
+from deployer.report.preview import PreviewFindings, comment_body, plan_status
 from deployer.report.statuses import describe_running
 from deployer.report.targets import status_target, target_url
 from deployer.state import StateStore
@@ -72,6 +76,8 @@ IDLE_WAIT = 2.0
 FRESH_FETCH = 10.0
 #: seconds between tries while the state store cannot be written (disk full, read-only)
 STATE_RETRY = 5.0
+#: seconds between looks for a queued pull request preview
+PREVIEW_WAIT = 0.2
 #: backoff while Loki cannot take the audit trail: 1, 2, 4 ... seconds, at most this
 MAX_SHIP_BACKOFF = 60.0
 
@@ -92,6 +98,8 @@ class Worker:
         self._fetched: tuple[str, float] | None = None
         #: forge API URL -> the time (epoch) before which it is sent nothing: it failed, or asked (Retry-After)
         self._forge_quiet: dict[str, float] = {}
+        #: set when a preview has something to say: the reporter sends it now, not at its next look
+        self._report_now = threading.Event()
 
     def run(self, stop: threading.Event) -> None:
         """Drain the queue until `stop` is set; a deployment under way is finished first.
@@ -113,6 +121,7 @@ class Worker:
         if self.deps.settings.notify_urls:
             threading.Thread(target=self._notify_forever, args=(stop,), name="notify", daemon=True).start()
         threading.Thread(target=self._watch_hosts, args=(stop,), name="hosts", daemon=True).start()
+        threading.Thread(target=self._preview_forever, args=(stop,), name="previews", daemon=True).start()
         interval = self.deps.settings.poll_interval
         next_poll = time.monotonic() if interval else float("inf")
         next_beat = 0.0
@@ -367,16 +376,77 @@ class Worker:
                 log.exception("engine check failed")
             stop.wait(self.deps.settings.host_check_interval)
 
+    def _preview_forever(self, stop: threading.Event) -> None:
+        """Preview pull requests' heads beside deploying (deployer.pipeline.preview): a long deployment never
+        keeps a pull request waiting for its plan. Newest push to a pull request first; older ones are dropped."""
+        store = StateStore(self.deps.settings.state_dir / "state.db")  # its own connection
+        deps = Deps(settings=self.deps.settings, runner=self.deps.runner, backend=self.deps.backend, store=store)
+        previews = Previews(store)
+        with suppress(StateUnavailableError):
+            previews.requeue_interrupted()
+        while not stop.is_set():
+            try:
+                claim = previews.claim()
+                if claim is None:
+                    stop.wait(PREVIEW_WAIT)
+                    continue
+                self.run_preview(deps, previews, claim)
+            except StateUnavailableError as error:
+                log.warning("previews wait for the state store: %s", error.message)
+                stop.wait(STATE_RETRY)
+            except Exception:  # the preview thread must outlive any one bad pull request
+                log.exception("preview failed")
+                stop.wait(1.0)
+        store.close()
+
+    def run_preview(self, deps: Deps, previews: Previews, claim: PreviewClaim) -> PreviewFindings:
+        def tell(found: PreviewFindings) -> None:
+            previews.report(claim, summary=found.summary(), status=plan_status(found), comment=comment_body(found),
+                            final=found.done)  # fmt: skip
+            self._report_now.set()
+
+        found = preview(deps, number=claim.number, head=claim.head, head_ref=claim.head_ref,
+                        from_fork=claim.from_fork, tell=tell,
+                        still_wanted=lambda: not previews.superseded(claim))  # fmt: skip
+        verdict = f"not previewed: {found.error}" if found.error else ("valid" if found.valid else "invalid")
+        log.info("preview %s of #%d at %s: %s", claim.id, claim.number, claim.head[:12], verdict)
+        return found
+
+    def deliver_comments(self, *, now: float | None = None) -> int:
+        """Make each pull request's preview comment say its newest body; return how many still wait."""
+        previews = Previews(self.deps.store)
+        waiting = 0
+        for due in previews.comments_due(now=now):
+            target = due.target
+            try:
+                comment_id = upsert_comment(self.session, target.forge, target.api_url, target.repo,
+                                            self.deps.settings.forge_token, due.number, due.body,
+                                            comment_id=due.comment_id)  # fmt: skip
+            except Retry as error:
+                delay = max(min(2.0 ** (due.attempts + 1), MAX_BACKOFF), error.after or 0.0)
+                log.warning("preview comment on #%d not delivered (%s); retrying in %.0fs", due.number, error, delay)
+                previews.comment_later(due, delay=delay, error=str(error))
+                waiting += 1
+                continue
+            except GiveUp as error:
+                log.error("preview comment on #%d refused by the forge: %s", due.number, error)
+                previews.comment_sent(due, comment_id=None, error=str(error))
+                continue
+            previews.comment_sent(due, comment_id=comment_id)
+        return waiting
+
     def _report_forever(self, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
+                self._report_now.clear()
                 self.deliver_statuses()
+                self.deliver_comments()
             except StateUnavailableError as error:  # a status sent and not marked is sent again: forges keep the last
                 log.warning("status delivery waits for the state store: %s", error.message)
                 stop.wait(STATE_RETRY)
             except Exception:  # the reporter must outlive any one bad status
                 log.exception("status delivery failed")
-            stop.wait(1.0)
+            self._report_now.wait(1.0)
 
     def _superseded(self, overtaken: Sequence[tuple[str, str]], *, by: str, target: StatusTarget | None) -> Told:
         """What superseding deployments (id, commit) by commit `by` tells: an event and a final status

@@ -156,6 +156,43 @@ CREATE INDEX IF NOT EXISTS audit_events_unshipped ON audit_events (id) WHERE shi
 CREATE INDEX IF NOT EXISTS audit_events_by_deployment ON audit_events (deployment_id);
 CREATE INDEX IF NOT EXISTS audit_events_by_time ON audit_events (ts_ns);
 CREATE INDEX IF NOT EXISTS audit_events_set_aside ON audit_events (id) WHERE ship_error IS NOT NULL;
+-- Plan previews of pull / merge requests (deployer.previews): queued by the web workers, run by the worker.
+CREATE TABLE IF NOT EXISTS previews (
+    id TEXT PRIMARY KEY,
+    forge TEXT NOT NULL,
+    api_url TEXT,
+    repo TEXT,
+    number INTEGER NOT NULL,
+    head TEXT NOT NULL,
+    head_ref TEXT NOT NULL,
+    base_branch TEXT NOT NULL,
+    source_branch TEXT,
+    from_fork INTEGER NOT NULL DEFAULT 0,
+    actor TEXT,
+    title TEXT,
+    delivery_id TEXT,
+    state TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT,
+    summary TEXT
+);
+CREATE INDEX IF NOT EXISTS previews_by_state ON previews (state);
+-- The one preview comment of each pull request: the body it should say (version), what was last sent.
+CREATE TABLE IF NOT EXISTS pr_comments (
+    forge TEXT NOT NULL,
+    api_url TEXT NOT NULL,
+    repo TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    version INTEGER NOT NULL DEFAULT 1,
+    sent_version INTEGER NOT NULL DEFAULT 0,
+    comment_id INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    PRIMARY KEY (forge, api_url, repo, number)
+);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL

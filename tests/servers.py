@@ -51,6 +51,36 @@ class Posted:
 
 
 @dataclass
+class Comment:
+    id: int
+    number: int
+    author: str
+    body: str
+    edits: int = 0
+
+
+#: the comment API of each forge (protocols.md 9.2): list and create on the pull request, edit by id
+COMMENT_PATHS = {
+    "github": (
+        re.compile(r"^/repos/(?P<repo>[^/]+/[^/]+)/issues/(?P<number>\d+)/comments$"),
+        re.compile(r"^/repos/(?P<repo>[^/]+/[^/]+)/issues/comments/(?P<id>\d+)$"),
+        "PATCH",
+    ),
+    "gitea": (
+        re.compile(r"^/api/v1/repos/(?P<repo>[^/]+/[^/]+)/issues/(?P<number>\d+)/comments$"),
+        re.compile(r"^/api/v1/repos/(?P<repo>[^/]+/[^/]+)/issues/comments/(?P<id>\d+)$"),
+        "PATCH",
+    ),
+    "gitlab": (
+        re.compile(r"^/api/v4/projects/(?P<repo>[^/]+)/merge_requests/(?P<number>\d+)/notes$"),
+        re.compile(r"^/api/v4/projects/(?P<repo>[^/]+)/merge_requests/(?P<number>\d+)/notes/(?P<id>\d+)$"),
+        "PUT",
+    ),
+}
+COMMENT_PATHS["forgejo"] = COMMENT_PATHS["gitea"]
+
+
+@dataclass
 class ForgeServer:
     """A threaded HTTP server on 127.0.0.1 playing one forge's status API."""
 
@@ -60,6 +90,9 @@ class ForgeServer:
     posted: list[Posted] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     requests: int = 0
+    login: str = "deployer-bot"
+    comments: dict[int, Comment] = field(default_factory=dict)
+    calls: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -87,9 +120,26 @@ class ForgeServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self._any("GET")
+
+            def do_PATCH(self) -> None:
+                self._any("PATCH")
+
+            def do_PUT(self) -> None:
+                self._any("PUT")
+
             def do_POST(self) -> None:
+                self._any("POST")
+
+            def _any(self, method: str) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
-                status, answer = server._answer(self.path, dict(self.headers.items()), self.rfile.read(length))
+                raw = self.rfile.read(length)
+                path = urllib.parse.urlsplit(self.path).path
+                if method == "POST" and PATHS[server.forge].match(path):
+                    status, answer = server._answer(self.path, dict(self.headers.items()), raw)
+                else:
+                    status, answer = server._comment_api(method, self.path, dict(self.headers.items()), raw)
                 data = json.dumps(answer).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -125,6 +175,76 @@ class ForgeServer:
                     return 400, {"message": f"Cannot transition status via :{post.state} from :{current}"}
             self.posted.append(post)
             return 201, {"id": len(self.posted), "state": post.state}
+
+    def comments_on(self, number: int) -> list[Comment]:
+        with self._lock:
+            return [c for c in self.comments.values() if c.number == number]
+
+    def add_comment(self, number: int, body: str, author: str) -> Comment:
+        with self._lock:
+            comment = Comment(len(self.comments) + 1, number, author, body)
+            self.comments[comment.id] = comment
+            return comment
+
+    def _shown(self, comment: Comment) -> dict[str, Any]:
+        if self.forge == "gitlab":
+            return {"id": comment.id, "body": comment.body, "author": {"username": comment.author}, "system": False}
+        return {"id": comment.id, "body": comment.body, "user": {"login": comment.author}}
+
+    def _comment_api(self, method: str, url: str, headers: dict[str, str], raw: bytes) -> tuple[int, Any]:
+        """The forge's comment API, its request shapes checked: GET /user, list, create, edit."""
+        split = urllib.parse.urlsplit(url)
+        path, query = split.path, urllib.parse.parse_qs(split.query)
+        with self._lock:
+            self.requests += 1
+            self.calls.append((method, path))
+            if self.fail_next > 0:
+                self.fail_next -= 1
+                return 503, {"message": "unavailable"}
+            problem = self._auth(headers)
+            if problem:
+                self.errors.append(problem)
+                return 401, {"message": problem}
+            prefix = {"github": "", "gitlab": "/api/v4"}.get(self.forge, "/api/v1")
+            if method == "GET" and path == f"{prefix}/user":
+                return 200, {"id": 1, ("username" if self.forge == "gitlab" else "login"): self.login}
+            on_pull, by_id, edit_method = COMMENT_PATHS[self.forge]
+            pulled, edited = on_pull.match(path), by_id.match(path)
+            if method == "GET" and pulled:
+                per_page = int((query.get("per_page") or query.get("limit") or ["30"])[0])
+                page = int((query.get("page") or ["1"])[0])
+                found = [self._shown(c) for c in self.comments.values() if c.number == int(pulled["number"])]
+                return 200, found[(page - 1) * per_page : page * per_page]
+            if method in ("POST", edit_method) and (pulled or edited):
+                try:
+                    body = json.loads(raw)
+                except ValueError:
+                    body = None
+                if not isinstance(body, dict) or not isinstance(body.get("body"), str):
+                    self.errors.append(f"{method} {path}: body is not JSON with a string body")
+                    return 422, {"message": "body"}
+                if method == "POST" and pulled:
+                    comment = Comment(len(self.comments) + 1, int(pulled["number"]), self.login, body["body"])
+                    self.comments[comment.id] = comment
+                    return 201, self._shown(comment)
+                if edited:
+                    comment = self.comments.get(int(edited["id"]))
+                    if comment is None:
+                        return 404, {"message": "Not Found"}
+                    if comment.author != self.login:
+                        return 403, {"message": "not yours"}
+                    comment.body, comment.edits = body["body"], comment.edits + 1
+                    return 200, self._shown(comment)
+            self.errors.append(f"unexpected {method} {path}")
+            return 404, {"message": "Not Found"}
+
+    def _auth(self, headers: dict[str, str]) -> str | None:
+        lower = {k.lower(): v for k, v in headers.items()}
+        name, value = {
+            "github": ("authorization", f"Bearer {self.token}"),
+            "gitlab": ("private-token", self.token),
+        }.get(self.forge, ("authorization", f"token {self.token}"))
+        return None if lower.get(name) == value else f"missing or wrong {name} header"
 
     def _check(self, path: str, headers: dict[str, str], raw: bytes) -> str | None:
         lower = {k.lower(): v for k, v in headers.items()}

@@ -23,6 +23,7 @@ __all__ = ["TESTED_API_VERSION", "EngineApi", "engine_name"]
 #: the newest Engine API version this code is tested against; a newer engine is spoken to at this version
 TESTED_API_VERSION = "1.45"
 _TIMEOUT = 10
+_PROJECT = "com.docker.compose.project"
 
 
 class EngineApi:
@@ -62,6 +63,20 @@ class EngineApi:
             self._forget()
             return {}
         return _service_images(found)
+
+    def project_containers(self) -> list[dict[str, Any]]:
+        """`GET /containers/json?all=1` of every compose project at once: the containers (stopped ones too) that
+        carry a `com.docker.compose.project` label, in one request however many stacks there are.
+
+        Raises DockerException or RequestException, after forgetting the pooled connection (the next call
+        connects anew, so an engine that restarted answers again).
+        """
+        try:
+            found: list[dict[str, Any]] = self._connected().api.containers(all=True, filters={"label": _PROJECT})
+        except (DockerException, RequestException):
+            self._forget()
+            raise
+        return found
 
     def swarm_problem(self) -> str | None:
         """None when the engine is a swarm manager (it can deploy stacks), else why it cannot."""

@@ -36,12 +36,19 @@ _SIGNATURE = {
 FETCH_TIMEOUT = 120.0
 
 
+_LOCKS_LOCK = threading.Lock()
+_WORKTREE_LOCKS: dict[Path, threading.Lock] = {}
+#: where a pull request's head is fetched to, for the time of its preview
+PREVIEW_REF = "refs/deployer/preview"
+
+
 class Mirror:
     """A bare mirror of `url` at `path` that holds the deploying branch and nothing else.
 
-    Only `refs/heads/<branch>` is fetched (never `refs/pull/*`, other branches or tags), so a commit
-    that exists only elsewhere in the remote is never in hand by accident; `fetch_ref` fetches one
-    more named ref when a person asks for it explicitly (`deployer deploy --ref v1.2`).
+    Only `refs/heads/<branch>` is fetched (never other branches or tags), so a commit that exists only
+    elsewhere in the remote is never in hand by accident; `fetch_ref` fetches one more named ref when a
+    person asks for it explicitly (`deployer deploy --ref v1.2`), and `fetch_preview` a pull request's
+    head to a ref of its own (PREVIEW_REF) that no deployment ever reads.
     """
 
     def __init__(self, path: Path, url: str, *, branch: str = "main", fetch_timeout: float = FETCH_TIMEOUT) -> None:
@@ -50,8 +57,10 @@ class Mirror:
         self.branch = branch
         self.fetch_timeout = fetch_timeout
         self._repo: git.Repo | None = None
-        # `worktree add` and `worktree prune` edit the mirror's shared worktree list: one at a time.
-        self._worktrees = threading.Lock()
+        # `worktree add` and `worktree prune` edit the mirror's shared worktree list: one at a time, across
+        # every Mirror of this path in the process (the deploy and the preview threads each have one)
+        with _LOCKS_LOCK:
+            self._worktrees = _WORKTREE_LOCKS.setdefault(self.path, threading.Lock())
 
     @property
     def branch_ref(self) -> str:
@@ -116,6 +125,18 @@ class Mirror:
                 cause = self._fetch_error(error)
                 if "couldn't find remote ref" not in cause:
                     raise FetchError(f"cannot fetch {ref} from {redact_url(self.url)}: {cause}") from error
+
+    def fetch_preview(self, ref: str) -> str:
+        """Fetch a pull request's head ref (`refs/pull/N/head`, `refs/merge-requests/N/head`: also a fork's)
+        to PREVIEW_REF, never to a branch, and return its commit. Raises FetchError."""
+        if not (self.path / "HEAD").exists():
+            self.sync()
+        try:
+            self.repo.git.fetch("--force", "--no-tags", "--no-write-fetch-head", "origin", f"+{ref}:{PREVIEW_REF}",
+                                kill_after_timeout=self.fetch_timeout)  # fmt: skip
+        except git.GitCommandError as error:
+            raise FetchError(f"cannot fetch {ref} from {redact_url(self.url)}: {self._fetch_error(error)}") from error
+        return self.resolve(PREVIEW_REF)
 
     def _fetch_error(self, error: git.GitCommandError) -> str:
         """Why a fetch failed, in a few words: git's own fatal line, or that the remote did not answer in time."""

@@ -9,6 +9,7 @@ This is the one package that imports more than one stage:
 """
 
 from deployer.pipeline.deploy import deploy
+from deployer.pipeline.preview import preview
 from deployer.pipeline.queries import (
     PLACEHOLDER,
     branch_head,
@@ -22,5 +23,5 @@ from deployer.pipeline.wiring import BRANCH_TRIGGERS, Deps, Progress, Request, S
 
 __all__ = [
     "BRANCH_TRIGGERS", "PLACEHOLDER", "Deps", "Progress", "Request", "SilentProgress", "branch_head", "converged",
-    "deploy", "plan_against_deployed", "plan_between", "superseded_statuses", "validate_tree",
+    "deploy", "plan_against_deployed", "plan_between", "preview", "superseded_statuses", "validate_tree",
 ]  # fmt: skip

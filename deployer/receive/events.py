@@ -1,4 +1,4 @@
-"""Turn a verified delivery into a push to deploy, or a reason to ignore it.
+"""Turn a verified delivery into a push to deploy, a pull request to preview, or a reason to ignore it.
 
 Forges disagree on shapes: GitHub has `deleted`, Gitea and GitLab only a zero `after`; Gitea's
 test delivery is a push with `before == after`; GitLab names tag pushes "Tag Push Hook". Anything
@@ -10,6 +10,13 @@ A push to the deploying branch is read in full: every field consulted must have 
 when present (`repository.full_name` a string, `sender` an object, `commits` a list of objects),
 `before` and `after` must be object ids, and `after` must suit the repository's object format
 (SHA-1 on GitHub; the caller's `object_format`, else Gitea's `repository.object_format_name`).
+
+A pull request (GitLab: merge request) is previewed, never deployed, when it is opened, reopened or given
+new commits (GitHub "synchronize", Gitea and Forgejo "synchronized", GitLab "update" with
+`object_attributes.oldrev`) and asks to merge into the deploying branch. Such a delivery is read in full
+the same way: `number` (GitLab `iid`) a positive integer, the head commit held to the rules of `after`.
+Its head is fetched from the forge's own ref for it (refs/pull/N/head, GitLab refs/merge-requests/N/head),
+which also holds a fork's commits; whether it comes from a fork is compared, never assumed.
 """
 
 from __future__ import annotations
@@ -22,17 +29,28 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from deployer.errors import EventError
-from deployer.receive.forges import DELIVERY_HEADERS, EVENT_HEADER, PUSH_EVENT, Forge, HeaderMap
+from deployer.receive.forges import (
+    DELIVERY_HEADERS,
+    EVENT_HEADER,
+    PREVIEW_ACTIONS,
+    PULL_EVENT,
+    PUSH_EVENT,
+    Forge,
+    HeaderMap,
+)
 
-__all__ = ["Ignored", "PushEvent", "parse_delivery", "signed_bytes"]
+__all__ = ["Ignored", "PullRequestEvent", "PushEvent", "parse_delivery", "signed_bytes"]
 
 _T = TypeVar("_T")
 _SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+_COMMIT_ID = "a commit id (40 or 64 lowercase hex digits)"
 _GIT_FORMATS = ("sha1", "sha256")
 _OBJECT_FORMATS = (None, *_GIT_FORMATS)
 _KINDS: dict[type, str] = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer"}
 _MAX_DIGITS = 100  # forge ids are 64-bit; Python itself stops at 4300 digits (sys.get_int_max_str_digits)
 _ACTOR_PATHS = ("sender.login", "sender.username", "pusher.name", "pusher.username")
+_PULL_ACTOR_PATHS = ("sender.login", "sender.username")
+_MAX_ID = 2**63  # forges keep ids and numbers in signed 64-bit integers
 _DEFAULT_API = {Forge.GITHUB: "https://api.github.com"}
 
 
@@ -48,6 +66,25 @@ class PushEvent:
     repo: str | None  # owner/name, or GitLab's path_with_namespace
     api_url: str | None  # derived from the payload's repository URL
     actor: str | None
+
+
+@dataclass(frozen=True)
+class PullRequestEvent:
+    """A pull/merge request's new head, to preview (never deploy)."""
+
+    forge: Forge
+    delivery_id: str | None
+    number: int  # GitHub/Gitea `number`, GitLab `object_attributes.iid`
+    action: str  # as the forge named it: opened/reopened/synchronize/synchronized, GitLab open/reopen/update
+    head: str  # the head commit's id: GitHub/Gitea pull_request.head.sha, GitLab object_attributes.last_commit.id
+    head_ref: str  # the ref to fetch it from: refs/pull/N/head, GitLab refs/merge-requests/N/head
+    source_branch: str | None  # the head's branch as the payload names it (display only)
+    base_branch: str
+    from_fork: bool  # also when the head's repository is gone or unnamed: only a known same-repository head is not
+    repo: str | None  # the BASE repository: owner/name, or GitLab's path_with_namespace (or project id)
+    api_url: str | None  # derived from the payload's repository URL, as for pushes
+    actor: str | None
+    title: str | None  # one printable line (display only)
 
 
 @dataclass(frozen=True)
@@ -77,18 +114,27 @@ def signed_bytes(forge: Forge, headers: Mapping[str, str], body: bytes) -> bytes
 
 def parse_delivery(
     forge: Forge, headers: Mapping[str, str], signed: bytes, *, branch: str, object_format: str | None = None
-) -> PushEvent | Ignored:
-    """Read a verified delivery. Raises EventError, naming the field, when the payload is not the JSON a push carries.
+) -> PushEvent | PullRequestEvent | Ignored:
+    """Read a verified delivery: a push, a pull request, or anything else (Ignored).
 
+    Raises EventError, naming the field, when the payload is not the JSON a push or pull request carries.
     `object_format` is the repository's as git names it ("sha1", "sha256"), or None when unknown.
     """
     if object_format not in _OBJECT_FORMATS:
         raise ValueError(f"object_format must be one of {_OBJECT_FORMATS}, not {object_format!r}")
     headers = HeaderMap.of(headers)
     event = headers.get(EVENT_HEADER[forge], "")
-    if event != PUSH_EVENT[forge]:
-        return Ignored(f"{_shown(event) or 'unnamed'} event", "other_event")
-    payload = _json(forge, headers, signed)
+    if event == PUSH_EVENT[forge]:
+        return _push(forge, headers, _json(forge, headers, signed), branch=branch, object_format=object_format)
+    if event == PULL_EVENT[forge]:
+        payload = _json(forge, headers, signed)
+        return _pull_request(forge, headers, payload, branch=branch, object_format=object_format)
+    return Ignored(f"{_shown(event) or 'unnamed'} event", "other_event")
+
+
+def _push(
+    forge: Forge, headers: HeaderMap, payload: Mapping[str, Any], *, branch: str, object_format: str | None
+) -> PushEvent | Ignored:
     ref, before, after = (_required(payload, key) for key in ("ref", "before", "after"))
     if not ref.startswith("refs/heads/"):
         return Ignored(f"{_shown(ref)} is not a branch", "not_a_branch")
@@ -104,7 +150,7 @@ def parse_delivery(
         return Ignored("branch deletion", "branch_deletion")
     return PushEvent(
         forge=forge,
-        delivery_id=next((headers[h] for h in DELIVERY_HEADERS[forge] if headers.get(h)), None),
+        delivery_id=_delivery_id(forge, headers),
         ref=ref,
         before=before,
         after=after,
@@ -114,22 +160,97 @@ def parse_delivery(
     )
 
 
+def _pull_request(
+    forge: Forge, headers: HeaderMap, payload: Mapping[str, Any], *, branch: str, object_format: str | None
+) -> PullRequestEvent | Ignored:
+    """A pull request's new head into `branch`; GitLab keeps its merge request in `object_attributes`."""
+    gitlab = forge is Forge.GITLAB
+    pull = "object_attributes" if gitlab else "pull_request"
+    if _typed(payload, pull, dict) is None:
+        raise EventError(f"pull request payload lacks {pull}")
+    action = _required(payload, f"{pull}.action" if gitlab else "action", what="pull request payload")
+    if action not in PREVIEW_ACTIONS[forge]:
+        return Ignored(f"pull request {_shown(action)}: nothing to preview", "pr_other_action")
+    if gitlab and action == "update" and not _oldrev(payload):
+        return Ignored("merge request updated without new commits", "pr_no_new_commits")
+    base = _required(
+        payload, f"{pull}.target_branch" if gitlab else "pull_request.base.ref", what="pull request payload"
+    )
+    if base != branch:
+        return Ignored(f"pull request into {_shown(base)} (only {branch} deploys)", "pr_other_branch")
+    number = _positive(payload, f"{pull}.iid" if gitlab else "number", what="pull request payload")
+    head_path = f"{pull}.last_commit.id" if gitlab else "pull_request.head.sha"
+    head = _required(payload, head_path, what="pull request payload")
+    _check_commit_id(forge, payload, head_path, head, object_format)
+    title = _typed(payload, f"{pull}.title", str)
+    return PullRequestEvent(
+        forge=forge,
+        delivery_id=_delivery_id(forge, headers),
+        number=number,
+        action=action,
+        head=head,
+        head_ref=f"refs/merge-requests/{number}/head" if gitlab else f"refs/pull/{number}/head",
+        source_branch=_typed(payload, f"{pull}.source_branch" if gitlab else "pull_request.head.ref", str),
+        base_branch=base,
+        from_fork=_from_fork(forge, payload),
+        repo=_repo(forge, payload, project_id="project.id" if gitlab else "project_id"),
+        api_url=_api_url(forge, payload),
+        actor=_first_name(payload, ("user.username",) if gitlab else _PULL_ACTOR_PATHS),
+        title=None if title is None else _shown(title),
+    )
+
+
+def _oldrev(payload: Mapping[str, Any]) -> str | None:
+    """GitLab's commit before an update, set only when the update brought commits; when set, an object id."""
+    oldrev = _typed(payload, "object_attributes.oldrev", str)
+    if oldrev and not _SHA.fullmatch(oldrev):
+        raise EventError(f"object_attributes.oldrev is not {_COMMIT_ID}")
+    return oldrev or None
+
+
+def _from_fork(forge: Forge, payload: Mapping[str, Any]) -> bool:
+    """Whether the head lives outside the base repository; a deleted or unnamed head repository counts as a fork
+    (GitHub sends `head.repo: null`, Gitea `head.repo_id: -1` once it is gone)."""
+    sides: tuple[str | int | None, ...]
+    if forge is Forge.GITLAB:
+        sides = tuple(_typed(payload, f"object_attributes.{side}_project_id", int) for side in ("source", "target"))
+    elif forge is Forge.GITHUB:
+        sides = tuple(_typed(payload, f"pull_request.{side}.repo.full_name", str) for side in ("head", "base"))
+    else:
+        sides = tuple(_typed(payload, f"pull_request.{side}.repo_id", int) for side in ("head", "base"))
+    head, base = sides
+    return head is None or head != base
+
+
+def _delivery_id(forge: Forge, headers: HeaderMap) -> str | None:
+    return next((headers[h] for h in DELIVERY_HEADERS[forge] if headers.get(h)), None)
+
+
 def _check_ids(forge: Forge, payload: Mapping[str, Any], before: str, after: str, object_format: str | None) -> None:
     """`before` and `after` are object ids, `after` of the repository's object format (SHA-1 only on GitHub)."""
-    for name, value in (("before", before), ("after", after)):
-        if not _SHA.fullmatch(value):
-            raise EventError(f"{name} is not a commit id (40 or 64 lowercase hex digits)")
+    if not _SHA.fullmatch(before):
+        raise EventError(f"before is not {_COMMIT_ID}")
+    _check_commit_id(forge, payload, "after", after, object_format)
+
+
+def _check_commit_id(
+    forge: Forge, payload: Mapping[str, Any], name: str, value: str, object_format: str | None
+) -> None:
+    """`value`, the payload's field `name`, is an object id of the repository's object format: SHA-1 on GitHub,
+    else the caller's `object_format`, else (Gitea, Forgejo) the payload's `repository.object_format_name`."""
+    if not _SHA.fullmatch(value):
+        raise EventError(f"{name} is not {_COMMIT_ID}")
     if forge in (Forge.GITEA, Forge.FORGEJO):
         named = _typed(payload, "repository.object_format_name", str)
         if named is not None and named not in _GIT_FORMATS:
             raise EventError("repository.object_format_name is neither sha1 nor sha256")
         object_format = object_format or named  # the deployer's own mirror knows best
-    if forge is Forge.GITHUB and len(after) == 64:
-        raise EventError("after is a SHA-256 id but GitHub repositories use SHA-1")
-    if object_format == "sha1" and len(after) == 64:
-        raise EventError("after is a SHA-256 id but the repository uses SHA-1")
-    if object_format == "sha256" and len(after) == 40:
-        raise EventError("after is a SHA-1 id but the repository uses SHA-256")
+    if forge is Forge.GITHUB and len(value) == 64:
+        raise EventError(f"{name} is a SHA-256 id but GitHub repositories use SHA-1")
+    if object_format == "sha1" and len(value) == 64:
+        raise EventError(f"{name} is a SHA-256 id but the repository uses SHA-1")
+    if object_format == "sha256" and len(value) == 40:
+        raise EventError(f"{name} is a SHA-1 id but the repository uses SHA-256")
 
 
 def _check_commits(payload: Mapping[str, Any]) -> None:
@@ -190,30 +311,44 @@ def _typed(payload: Mapping[str, Any], path: str, kind: type[_T]) -> _T | None:
     return value
 
 
-def _required(payload: Mapping[str, Any], key: str) -> str:
+def _required(payload: Mapping[str, Any], key: str, *, what: str = "push payload") -> str:
     value = _typed(payload, key, str)
     if value is None:
-        raise EventError(f"push payload lacks {key}")
+        raise EventError(f"{what} lacks {key}")
     return value
 
 
-def _repo(forge: Forge, payload: Mapping[str, Any]) -> str | None:
+def _positive(payload: Mapping[str, Any], key: str, *, what: str) -> int:
+    """A count the payload must hold, such as a pull request's number: a positive 64-bit integer."""
+    value = _typed(payload, key, int)
+    if value is None:
+        raise EventError(f"{what} lacks {key}")
+    if not 0 < value <= _MAX_ID:
+        raise EventError(f"{key} is not a positive 64-bit integer")
+    return value
+
+
+def _repo(forge: Forge, payload: Mapping[str, Any], *, project_id: str = "project_id") -> str | None:
+    """owner/name, or GitLab's path_with_namespace, else its numeric id at `project_id` (a push's top-level
+    `project_id`, a merge request's `project.id`)."""
     _typed(payload, "repository", dict)  # GitLab's deprecated copy of `project`: unread, but an object
     if forge is Forge.GITLAB:
-        project_id = _project_id(payload)
-        return _typed(payload, "project.path_with_namespace", str) or project_id
+        numeric = _project_id(payload, project_id)
+        return _typed(payload, "project.path_with_namespace", str) or numeric
     return _typed(payload, "repository.full_name", str)
 
 
-def _project_id(payload: Mapping[str, Any]) -> str | None:
-    """GitLab's numeric project id, as text; sent as a number, accepted as a string of digits too."""
-    value = payload.get("project_id")
+def _project_id(payload: Mapping[str, Any], path: str = "project_id") -> str | None:
+    """GitLab's numeric project id at a dotted `path`, as text; sent as a number, accepted as a string of digits."""
+    parent, _, key = path.rpartition(".")
+    holder = _typed(payload, parent, dict) if parent else payload
+    value = None if holder is None else holder.get(key)
     if value is None:
         return None
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
         value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= 2**63:
-        raise EventError("project_id is not a positive 64-bit integer")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= _MAX_ID:
+        raise EventError(f"{path} is not a positive 64-bit integer")
     return str(value)
 
 
@@ -235,8 +370,12 @@ def _api_url(forge: Forge, payload: Mapping[str, Any]) -> str | None:
 
 
 def _actor(forge: Forge, payload: Mapping[str, Any]) -> str | None:
-    """Who pushed; every field that could name them is checked, not only the first one present."""
-    keys = ("user_username", "user_name") if forge is Forge.GITLAB else _ACTOR_PATHS
+    """Who pushed."""
+    return _first_name(payload, ("user_username", "user_name") if forge is Forge.GITLAB else _ACTOR_PATHS)
+
+
+def _first_name(payload: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:
+    """The first non-empty string at `keys`; every one of them is checked, not only the first one present."""
     names = [_typed(payload, key, str) for key in keys]
     return next((name for name in names if name), None)
 

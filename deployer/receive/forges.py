@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Final
 
 __all__ = [
-    "DELIVERY_HEADERS", "EVENT_HEADER", "PUSH_EVENT", "SIGNATURE_HEADERS", "Forge", "HeaderMap", "any_delivery_id",
-    "detect_forge",
+    "DELIVERY_HEADERS", "EVENT_HEADER", "PREVIEW_ACTIONS", "PULL_EVENT", "PUSH_EVENT", "SIGNATURE_HEADERS", "Forge",
+    "HeaderMap", "any_delivery_id", "detect_forge",
 ]  # fmt: skip
 
 
@@ -77,6 +77,24 @@ PUSH_EVENT: Final[Mapping[Forge, str]] = {
     Forge.GITEA: "push",
     Forge.GITLAB: "Push Hook",
     Forge.GITHUB: "push",
+}
+
+#: the event value of a pull (GitLab: merge) request, per forge. Gitea and Forgejo name new commits in one
+#: the same way, telling them apart only in X-Gitea-Event-Type (pull_request_sync), which is not read
+PULL_EVENT: Final[Mapping[Forge, str]] = {
+    Forge.FORGEJO: "pull_request",
+    Forge.GITEA: "pull_request",
+    Forge.GITLAB: "Merge Request Hook",
+    Forge.GITHUB: "pull_request",
+}
+
+#: the pull-request actions that bring a head worth previewing, as each forge names them. GitLab's "update"
+#: also fires for edits of the title or labels: only one with `object_attributes.oldrev` brings new commits
+PREVIEW_ACTIONS: Final[Mapping[Forge, frozenset[str]]] = {
+    Forge.FORGEJO: frozenset({"opened", "reopened", "synchronized", "synchronize"}),
+    Forge.GITEA: frozenset({"opened", "reopened", "synchronized", "synchronize"}),
+    Forge.GITLAB: frozenset({"open", "reopen", "update"}),
+    Forge.GITHUB: frozenset({"opened", "reopened", "synchronize"}),
 }
 
 #: headers identifying one delivery, most stable first (GitLab's Idempotency-Key survives retries)

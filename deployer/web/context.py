@@ -8,8 +8,9 @@ from flask import Flask
 
 from deployer.intake import submit
 from deployer.model import Intake, Trigger
+from deployer.previews import Previews, Queued
 from deployer.queue import Enqueued, Queue
-from deployer.receive import PushEvent
+from deployer.receive import PullRequestEvent, PushEvent
 from deployer.report import metrics
 from deployer.report.targets import status_target
 from deployer.settings import Settings
@@ -58,3 +59,20 @@ class Service:
                         reason=f"push by {event.actor}" if event.actor else "push",
                         delivery=(str(event.forge), event.delivery_id) if event.delivery_id else None)  # fmt: skip
         return submit(self.queue, self.settings, intake, target=target)
+
+    def enqueue_preview(self, event: PullRequestEvent) -> Queued:
+        """Queue a plan preview of a pull request's head (never a deployment); its status comes once planned."""
+        target = status_target(self.settings, repo=event.repo, api_url=event.api_url)
+        return Previews(self.store).enqueue(
+            forge=str(event.forge),
+            target=target,
+            number=event.number,
+            head=event.head,
+            head_ref=event.head_ref,
+            base_branch=event.base_branch,
+            source_branch=event.source_branch,
+            from_fork=event.from_fork,
+            actor=event.actor,
+            title=event.title,
+            delivery_id=event.delivery_id,
+        )

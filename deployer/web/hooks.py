@@ -8,7 +8,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from deployer.errors import SignatureError
-from deployer.receive import HeaderMap, Ignored, detect_forge, parse_delivery, verify_signature
+from deployer.receive import HeaderMap, Ignored, PullRequestEvent, detect_forge, parse_delivery, verify_signature
 from deployer.receive.events import signed_bytes
 from deployer.receive.signature import signature_header
 from deployer.report.metrics import WEBHOOK_DELIVERIES
@@ -39,6 +39,15 @@ def webhook() -> ResponseReturnValue:
         log.info("webhook from %s ignored: %s", forge, event.reason)
         g.ignored = event.kind
         return jsonify(ignored=event.reason), 200
+    if isinstance(event, PullRequestEvent):  # never deployed, a fork's or not: previewed
+        queued = service.enqueue_preview(event)
+        if queued.duplicate_of is not None:
+            g.ignored = "duplicate"
+            return jsonify(ignored=f"duplicate delivery {event.delivery_id}", preview_id=queued.duplicate_of), 200
+        log.info("webhook from %s queued preview %s of #%d at %s", forge, queued.preview_id, event.number,
+                 event.head[:12])  # fmt: skip
+        g.preview = True
+        return jsonify(preview_id=queued.preview_id), 202
     enqueued = service.enqueue_push(event)
     if enqueued.duplicate_of is not None:
         log.info("webhook from %s ignored: duplicate delivery %s", forge, event.delivery_id)
@@ -58,7 +67,7 @@ def _count(response: Response) -> Response:
     forge = detect_forge(HeaderMap.from_environ(request.environ))
     status = response.status_code
     if status == 202:
-        outcome, reason = "accepted", "queued"
+        outcome, reason = "accepted", "preview" if g.get("preview") else "queued"
     elif status == 200:
         outcome, reason = "ignored", g.get("ignored", "other")
     else:

@@ -38,8 +38,8 @@ def serve(tmp_path: Path, repo: ConfigRepo, age_key: AgeKey, forge: ForgeServer,
         # a transient failure is retried after 2 s here, not the 10 s operators get: tests about the
         # backoff itself say DEPLOYER_RETRY_BACKOFF="10"
         extra = {"DEPLOYER_RETRY_BACKOFF": "2", **extra}
+        extra = {"DEPLOYER_FORGE": "gitea", "DEPLOYER_FORGE_API_URL": forge.api_url, **extra}  # or another forge's
         env = tool_environ(tmp_path, key, DEPLOYER_REPO_URL=repo.url, DEPLOYER_WEBHOOK_SECRET=SECRET,
-                           DEPLOYER_FORGE="gitea", DEPLOYER_FORGE_API_URL=forge.api_url,
                            DEPLOYER_FORGE_TOKEN=forge.token, DEPLOYER_POLL_INTERVAL=str(poll), **extra)  # fmt: skip
         served = Served(env, log=tmp_path / f"serve-{len(started)}.log")
         started.append(served)

@@ -479,9 +479,7 @@ PING = {"zen": "Speak like a human.", "hook_id": 1, "hook": {"type": "Repository
         pytest.param("gitea", delivery("gitea", event="create"), "create", id="gitea-create"),
         pytest.param("gitea", delivery("gitea", event="delete"), "delete", id="gitea-delete"),
         pytest.param("forgejo", delivery("forgejo", event="issues"), "issues", id="forgejo-issues"),
-        pytest.param(
-            "gitlab", delivery("gitlab", event="Merge Request Hook"), "Merge Request Hook", id="gitlab-merge-request"
-        ),
+        pytest.param("gitlab", delivery("gitlab", event="Note Hook"), "Note Hook", id="gitlab-note"),
         pytest.param(
             "gitlab",
             delivery(

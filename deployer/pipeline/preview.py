@@ -1,0 +1,102 @@
+"""The plan preview of a pull request's head: fetch -> plan -> validate -> report, never apply.
+
+The head is fetched from the ref the forge exposes for it (a fork's too), checked out in a planning
+tree of its own and loaded; the plan is made against what is deployed now (each stack's last good
+commit, held and paused stacks left out, as a push would); then every stack it would deploy is
+validated as a deployment validates it (`docker compose config`, the host policy) with placeholder
+secrets: nothing is decrypted, nothing is started. What it finds is told twice, through `tell`:
+once planned (a pending status, the comment with the plan), once validated (the verdict).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+from deployer.apply import refuse_host_access
+from deployer.errors import DeployerError
+from deployer.model import Action, Catalog, Plan
+from deployer.pipeline.queries import PLACEHOLDER
+from deployer.pipeline.wiring import Deps
+from deployer.plan import load_catalog, make_plan
+from deployer.report.preview import PreviewFindings
+
+__all__ = ["preview"]
+
+#: compose may fetch `include:` from git or OCI registries: never for a pull request's files
+NO_REMOTE_INCLUDES = {"COMPOSE_EXPERIMENTAL_GIT_REMOTE": "false", "COMPOSE_EXPERIMENTAL_OCI_REMOTE": "false"}
+
+Tell = Callable[[PreviewFindings], None]
+
+
+def preview(
+    deps: Deps,
+    *,
+    number: int,
+    head: str,
+    head_ref: str,
+    from_fork: bool,
+    tell: Tell,
+    still_wanted: Callable[[], bool] = lambda: True,
+) -> PreviewFindings:
+    """Preview pull request `number` at commit `head`; return what was found (also told when final)."""
+    settings = deps.settings
+    found = PreviewFindings(number=number, head=head, from_fork=from_fork, branch=settings.branch)
+    mirror = deps.mirror(str(settings.repo_url))
+    try:
+        fetched = mirror.fetch_preview(head_ref)
+        if fetched != head and not mirror.has_commit(head):
+            raise DeployerError(f"{head[:12]} is no longer {head_ref} (pushed over since): the next push is previewed")
+        tree = mirror.clean_checkout(head, deps.checkouts / "preview")
+    except DeployerError as error:
+        return _final(tell, replace(found, error=error.message, done=True))
+    try:
+        catalog = load_catalog(tree, stacks_dir=settings.stacks_dir, allow_placeholders=True)
+        plan = _plan(deps, mirror_changes=mirror.changed_paths, catalog=catalog, head=head)
+    except DeployerError as error:
+        return _final(tell, replace(found, problems=(error.message, *error.details), done=True))
+    deploying = [s.name for s in plan.stacks if s.action is Action.DEPLOY]
+    found = replace(
+        found, plan=plan, to_check=len(deploying),
+        secrets={name: tuple(str(p) for p in catalog[name].secrets) for name in deploying if catalog[name].secrets},
+    )  # fmt: skip
+    tell(found)
+    if not still_wanted():
+        return found
+    problems: list[str] = []
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="preview") as pool:
+        for result in pool.map(lambda name: _validate(deps, catalog, name, tree), deploying):
+            problems += result
+    return _final(tell, replace(found, problems=tuple(problems), checked=len(deploying), done=True))
+
+
+def _plan(
+    deps: Deps, *, mirror_changes: Callable[[str, str], frozenset[str] | None], catalog: Catalog, head: str
+) -> Plan:
+    """From each stack's last good commit to `head`, as a push of `head` would plan (held and paused left out)."""
+    store = deps.store
+    deployed = store.last_good()
+    changes = {base: mirror_changes(base, head) for base in set(deployed.values())}
+    return make_plan(catalog, target=head, deployed=deployed, changes=changes, prune=deps.settings.prune,
+                     exclude=(*store.held(), *store.paused()))  # fmt: skip
+
+
+def _validate(deps: Deps, catalog: Catalog, name: str, tree: Path) -> list[str]:
+    """The problems of one stack as a deployment would find them before starting it; [] when valid."""
+    stack = catalog[name]
+    secrets = {key: PLACEHOLDER for keys in stack.secret_keys.values() for key in keys}
+    workdir = tree.resolve()
+    try:
+        config = deps.backend.check(stack, workdir=workdir, env={**secrets, **NO_REMOTE_INCLUDES})
+        refuse_host_access(stack, config, workdir=workdir, policy=deps.settings.host_policy, secrets=secrets)
+    except DeployerError as error:
+        return [error.message, *error.details]
+    return []
+
+
+def _final(tell: Tell, found: PreviewFindings) -> PreviewFindings:
+    tell(found)
+    return found

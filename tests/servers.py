@@ -91,6 +91,7 @@ class ForgeServer:
     errors: list[str] = field(default_factory=list)
     requests: int = 0
     login: str = "deployer-bot"
+    last_id: int = 0
     comments: dict[int, Comment] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)
 
@@ -176,13 +177,18 @@ class ForgeServer:
             self.posted.append(post)
             return 201, {"id": len(self.posted), "state": post.state}
 
+    def _new_id(self) -> int:
+        """Ids are never reused, as on a forge (a deleted comment's id stays gone)."""
+        self.last_id += 1
+        return self.last_id
+
     def comments_on(self, number: int) -> list[Comment]:
         with self._lock:
             return [c for c in self.comments.values() if c.number == number]
 
     def add_comment(self, number: int, body: str, author: str) -> Comment:
         with self._lock:
-            comment = Comment(len(self.comments) + 1, number, author, body)
+            comment = Comment(self._new_id(), number, author, body)
             self.comments[comment.id] = comment
             return comment
 
@@ -224,7 +230,7 @@ class ForgeServer:
                     self.errors.append(f"{method} {path}: body is not JSON with a string body")
                     return 422, {"message": "body"}
                 if method == "POST" and pulled:
-                    comment = Comment(len(self.comments) + 1, int(pulled["number"]), self.login, body["body"])
+                    comment = Comment(self._new_id(), int(pulled["number"]), self.login, body["body"])
                     self.comments[comment.id] = comment
                     return 201, self._shown(comment)
                 if edited:

@@ -234,13 +234,13 @@ class ForgeServer:
                     self.comments[comment.id] = comment
                     return 201, self._shown(comment)
                 if edited:
-                    comment = self.comments.get(int(edited["id"]))
-                    if comment is None:
+                    known = self.comments.get(int(edited["id"]))
+                    if known is None:
                         return 404, {"message": "Not Found"}
-                    if comment.author != self.login:
+                    if known.author != self.login:
                         return 403, {"message": "not yours"}
-                    comment.body, comment.edits = body["body"], comment.edits + 1
-                    return 200, self._shown(comment)
+                    known.body, known.edits = body["body"], known.edits + 1
+                    return 200, self._shown(known)
             self.errors.append(f"unexpected {method} {path}")
             return 404, {"message": "Not Found"}
 

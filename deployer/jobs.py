@@ -297,7 +297,7 @@ class Worker:
         try:
             post(self.session, item.target.api_url, item.target.repo, self.deps.settings.forge_token, item.status)
         except Retry as error:
-            delay = max(min(2.0 ** (item.attempts + 1), MAX_BACKOFF), error.after or 0.0)
+            delay = _backoff(item.attempts, error)
             log.warning("status %s for %s not delivered (%s); retrying in %.0fs", item.status.context,
                         item.status.sha[:12], error, delay)  # fmt: skip
             self.queue.retry_later(item.id, delay=delay, error=str(error))
@@ -423,7 +423,7 @@ class Worker:
                                             self.deps.settings.forge_token, due.number, due.body,
                                             comment_id=due.comment_id)  # fmt: skip
             except Retry as error:
-                delay = max(min(2.0 ** (due.attempts + 1), MAX_BACKOFF), error.after or 0.0)
+                delay = _backoff(due.attempts, error)
                 log.warning("preview comment on #%d not delivered (%s); retrying in %.0fs", due.number, error, delay)
                 previews.comment_later(due, delay=delay, error=str(error))
                 waiting += 1
@@ -458,6 +458,12 @@ class Worker:
             for status in superseded_statuses(self.deps, commit, by=by, deployment_id=id_)
         )  # fmt: skip
         return Told(events, statuses)
+
+
+def _backoff(attempts: int, error: Retry) -> float:
+    """Seconds before a forge is sent a status or comment again: 2, 4, 8 ... up to MAX_BACKOFF, never before its
+    Retry-After."""
+    return max(min(2.0 ** (attempts + 1), MAX_BACKOFF), error.after or 0.0)
 
 
 class _RunningStatus(SilentProgress):

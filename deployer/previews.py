@@ -163,15 +163,6 @@ class Previews:
             ).fetchone()
         return row is not None
 
-    def get(self, preview_id: str) -> dict[str, Any] | None:
-        with self.store.read() as db:
-            row = db.execute("SELECT * FROM previews WHERE id = ?", (preview_id,)).fetchone()
-        if row is None:
-            return None
-        found = {k: row[k] for k in row.keys() if k != "summary"}  # noqa: SIM118 -- sqlite3.Row
-        found["summary"] = json.loads(row["summary"]) if row["summary"] else None
-        return found
-
     def comments_due(self, *, now: float | None = None, limit: int = 20) -> list[CommentDue]:
         now = time.time() if now is None else now
         with self.store.read() as db:

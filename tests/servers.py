@@ -94,6 +94,9 @@ class ForgeServer:
     last_id: int = 0
     comments: dict[int, Comment] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)
+    user_status: int = 200  # what GET /user answers (GitHub App installation tokens get 403)
+    garble_next: int = 0  # answer this many comment API requests 200 with an HTML page, as a broken proxy would,
+    garble_skip: int = 0  # after letting this many through
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -137,13 +140,16 @@ class ForgeServer:
                 length = int(self.headers.get("Content-Length", "0"))
                 raw = self.rfile.read(length)
                 path = urllib.parse.urlsplit(self.path).path
+                extra: dict[str, str] = {}
                 if method == "POST" and PATHS[server.forge].match(path):
                     status, answer = server._answer(self.path, dict(self.headers.items()), raw)
                 else:
-                    status, answer = server._comment_api(method, self.path, dict(self.headers.items()), raw)
-                data = json.dumps(answer).encode()
+                    status, answer, extra = server._comment_api(method, self.path, dict(self.headers.items()), raw)
+                data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "text/html" if isinstance(answer, bytes) else "application/json")
+                for name, value in extra.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -197,52 +203,90 @@ class ForgeServer:
             return {"id": comment.id, "body": comment.body, "author": {"username": comment.author}, "system": False}
         return {"id": comment.id, "body": comment.body, "user": {"login": comment.author}}
 
-    def _comment_api(self, method: str, url: str, headers: dict[str, str], raw: bytes) -> tuple[int, Any]:
+    def _comment_api(
+        self, method: str, url: str, headers: dict[str, str], raw: bytes
+    ) -> tuple[int, Any, dict[str, str]]:
         """The forge's comment API, its request shapes checked: GET /user, list, create, edit."""
         split = urllib.parse.urlsplit(url)
         path, query = split.path, urllib.parse.parse_qs(split.query)
         with self._lock:
             self.requests += 1
             self.calls.append((method, path))
-            if self.fail_next > 0:
-                self.fail_next -= 1
-                return 503, {"message": "unavailable"}
+            misbehaved = self._misbehave(method, path, raw)
+            if misbehaved:
+                return misbehaved
             problem = self._auth(headers)
             if problem:
                 self.errors.append(problem)
-                return 401, {"message": problem}
+                return 401, {"message": problem}, {}
             prefix = {"github": "", "gitlab": "/api/v4"}.get(self.forge, "/api/v1")
             if method == "GET" and path == f"{prefix}/user":
-                return 200, {"id": 1, ("username" if self.forge == "gitlab" else "login"): self.login}
+                if self.user_status != 200:
+                    return self.user_status, {"message": "Resource not accessible by integration"}, {}
+                return 200, {"id": 1, ("username" if self.forge == "gitlab" else "login"): self.login}, {}
             on_pull, by_id, edit_method = COMMENT_PATHS[self.forge]
             pulled, edited = on_pull.match(path), by_id.match(path)
             if method == "GET" and pulled:
-                per_page = int((query.get("per_page") or query.get("limit") or ["30"])[0])
-                page = int((query.get("page") or ["1"])[0])
-                found = [self._shown(c) for c in self.comments.values() if c.number == int(pulled["number"])]
-                return 200, found[(page - 1) * per_page : page * per_page]
+                return self._list(path, query, int(pulled["number"]))
             if method in ("POST", edit_method) and (pulled or edited):
-                try:
-                    body = json.loads(raw)
-                except ValueError:
-                    body = None
-                if not isinstance(body, dict) or not isinstance(body.get("body"), str):
-                    self.errors.append(f"{method} {path}: body is not JSON with a string body")
-                    return 422, {"message": "body"}
-                if method == "POST" and pulled:
-                    comment = Comment(self._new_id(), int(pulled["number"]), self.login, body["body"])
-                    self.comments[comment.id] = comment
-                    return 201, self._shown(comment)
-                if edited:
-                    known = self.comments.get(int(edited["id"]))
-                    if known is None:
-                        return 404, {"message": "Not Found"}
-                    if known.author != self.login:
-                        return 403, {"message": "not yours"}
-                    known.body, known.edits = body["body"], known.edits + 1
-                    return 200, self._shown(known)
+                return self._write(method, path, raw, None if pulled is None else int(pulled["number"]), edited)
             self.errors.append(f"unexpected {method} {path}")
-            return 404, {"message": "Not Found"}
+            return 404, {"message": "Not Found"}, {}
+
+    def _misbehave(self, method: str, path: str, raw: bytes) -> tuple[int, Any, dict[str, str]] | None:
+        """A 503 while `fail_next`; a proxy's HTML page while `garble_next` (after `garble_skip`)."""
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            return 503, {"message": "unavailable"}, {}
+        if self.garble_next > 0 and self.garble_skip > 0:
+            self.garble_skip -= 1
+        elif self.garble_next > 0:
+            self.garble_next -= 1
+            pulled = COMMENT_PATHS[self.forge][0].match(path)
+            if method == "POST" and pulled:  # the proxy passed the create on and mangled only the answer
+                comment = Comment(self._new_id(), int(pulled["number"]), self.login, json.loads(raw)["body"])
+                self.comments[comment.id] = comment
+            return 200, b"<html><body>Welcome to nginx!</body></html>", {}
+        return None
+
+    def _list(self, path: str, query: dict[str, list[str]], number: int) -> tuple[int, Any, dict[str, str]]:
+        """Paged as each forge pages: GitHub (30) and GitLab (20) per_page <= 100 with a Link header to the
+        next page; Gitea/Forgejo unpaged."""
+        found = [self._shown(c) for c in self.comments.values() if c.number == number]
+        if self.forge in ("gitea", "forgejo"):
+            if "page" in query or "limit" in query:
+                self.errors.append(f"GET {path}: Gitea's comment list takes no page or limit")
+            return 200, found, {}
+        per_page = min(int((query.get("per_page") or ["30" if self.forge == "github" else "20"])[0]), 100)
+        page = int((query.get("page") or ["1"])[0])
+        extra = {}
+        if page * per_page < len(found):
+            following = urllib.parse.urlencode({**{k: v[0] for k, v in query.items()}, "page": page + 1})
+            host, port = self._server.server_address[:2]
+            extra["Link"] = f'<http://{host}:{port}{path}?{following}>; rel="next"'
+        return 200, found[(page - 1) * per_page : page * per_page], extra
+
+    def _write(
+        self, method: str, path: str, raw: bytes, number: int | None, edited: re.Match[str] | None
+    ) -> tuple[int, Any, dict[str, str]]:
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("body"), str):
+            self.errors.append(f"{method} {path}: body is not JSON with a string body")
+            return 422, {"message": "body"}, {}
+        if method == "POST" and number is not None:
+            comment = Comment(self._new_id(), number, self.login, body["body"])
+            self.comments[comment.id] = comment
+            return 201, self._shown(comment), {}
+        known = self.comments.get(int(edited["id"])) if edited else None
+        if known is None:
+            return 404, {"message": "Not Found"}, {}
+        if known.author != self.login:
+            return 403, {"message": "not yours"}, {}
+        known.body, known.edits = body["body"], known.edits + 1
+        return 200, self._shown(known), {}
 
     def _auth(self, headers: dict[str, str]) -> str | None:
         lower = {k.lower(): v for k, v in headers.items()}

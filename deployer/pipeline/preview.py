@@ -16,12 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-from deployer.apply import refuse_host_access
 from deployer.errors import DeployerError
-from deployer.model import Action, Catalog, Plan
-from deployer.pipeline.queries import PLACEHOLDER
+from deployer.model import Action, Catalog
+from deployer.pipeline.queries import check_stack, plan_from_deployed
 from deployer.pipeline.wiring import Deps
-from deployer.plan import load_catalog, make_plan
+from deployer.plan import load_catalog
 from deployer.report.preview import PreviewFindings
 
 __all__ = ["preview"]
@@ -55,7 +54,7 @@ def preview(
         return _final(tell, replace(found, error=error.message, done=True))
     try:
         catalog = load_catalog(tree, stacks_dir=settings.stacks_dir, allow_placeholders=True)
-        plan = _plan(deps, mirror_changes=mirror.changed_paths, catalog=catalog, head=head)
+        plan = plan_from_deployed(deps, mirror, catalog, target=head, rewinds=False)
     except DeployerError as error:
         return _final(tell, replace(found, problems=(error.message, *error.details), done=True))
     deploying = [s.name for s in plan.stacks if s.action is Action.DEPLOY]
@@ -73,25 +72,10 @@ def preview(
     return _final(tell, replace(found, problems=tuple(problems), checked=len(deploying), done=True))
 
 
-def _plan(
-    deps: Deps, *, mirror_changes: Callable[[str, str], frozenset[str] | None], catalog: Catalog, head: str
-) -> Plan:
-    """From each stack's last good commit to `head`, as a push of `head` would plan (held and paused left out)."""
-    store = deps.store
-    deployed = store.last_good()
-    changes = {base: mirror_changes(base, head) for base in set(deployed.values())}
-    return make_plan(catalog, target=head, deployed=deployed, changes=changes, prune=deps.settings.prune,
-                     exclude=(*store.held(), *store.paused()))  # fmt: skip
-
-
 def _validate(deps: Deps, catalog: Catalog, name: str, tree: Path) -> list[str]:
     """The problems of one stack as a deployment would find them before starting it; [] when valid."""
-    stack = catalog[name]
-    secrets = {key: PLACEHOLDER for keys in stack.secret_keys.values() for key in keys}
-    workdir = tree.resolve()
     try:
-        config = deps.backend.check(stack, workdir=workdir, env={**secrets, **NO_REMOTE_INCLUDES})
-        refuse_host_access(stack, config, workdir=workdir, policy=deps.settings.host_policy, secrets=secrets)
+        check_stack(deps, catalog[name], tree, env=NO_REMOTE_INCLUDES)
     except DeployerError as error:
         return [error.message, *error.details]
     return []

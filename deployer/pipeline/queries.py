@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
 from deployer.apply import decrypt_files, refuse_host_access
 from deployer.errors import DeployerError, KnownSecretError, SecretError
+from deployer.fetch import Mirror
 from deployer.lock import plan_lock
-from deployer.model import Catalog, Plan
+from deployer.model import Catalog, Plan, Stack
 from deployer.pipeline.wiring import Deps
 from deployer.plan import load_catalog, make_plan, stack_names_in
 from deployer.secret_policy import EXAMPLE_IDENTITY, EXAMPLE_RECIPIENT, exempt
 from deployer.sopsfile import read_sops_file
 
-__all__ = ["PLACEHOLDER", "branch_head", "converged", "plan_against_deployed", "plan_between", "validate_tree"]
+__all__ = ["PLACEHOLDER", "branch_head", "check_stack", "converged", "plan_against_deployed", "plan_between",
+           "plan_from_deployed", "validate_tree"]  # fmt: skip
 
 #: the value each secret key gets when validating without decrypting
 PLACEHOLDER = "1"
@@ -52,15 +55,22 @@ def plan_against_deployed(deps: Deps, *, repo_url: str, target_ref: str | None =
     mirror = deps.mirror(repo_url)
     head = mirror.sync() if fetch else mirror.resolve(mirror.branch_ref)
     target = mirror.resolve(target_ref) if target_ref else head
-    deployed = deps.store.last_good()
-    bases = set(deployed.values())
     with plan_lock(deps.settings.state_dir):
         catalog = load_catalog(mirror.clean_checkout(target, deps.checkouts / "plan"),
                                stacks_dir=deps.settings.stacks_dir, allow_placeholders=True)  # fmt: skip
+    return plan_from_deployed(deps, mirror, catalog, target=target)
+
+
+def plan_from_deployed(deps: Deps, mirror: Mirror, catalog: Catalog, *, target: str, rewinds: bool = True) -> Plan:
+    """`catalog` (the tree of `target`) planned from each stack's last good commit, held and paused stacks left
+    out; `rewinds`: say which deployed commits `target` does not contain (a pull request's head need not)."""
+    store = deps.store
+    deployed = store.last_good()
+    bases = set(deployed.values())
     changes = {base: mirror.changed_paths(base, target) for base in bases}
     return make_plan(catalog, target=target, deployed=deployed, changes=changes, prune=deps.settings.prune,
-                     rewound_from=mirror.not_ancestors(bases, of=target),
-                     exclude=(*deps.store.held(), *deps.store.paused()))  # fmt: skip
+                     rewound_from=mirror.not_ancestors(bases, of=target) if rewinds else (),
+                     exclude=(*store.held(), *store.paused()))  # fmt: skip
 
 
 def converged(deps: Deps, *, repo_url: str, head: str) -> bool:
@@ -97,19 +107,25 @@ def validate_tree(deps: Deps, path: Path, *, allow_placeholders: bool = False) -
     catalog = load_catalog(path, stacks_dir=deps.settings.stacks_dir, allow_placeholders=allow_placeholders)
     problems = []
     for name in catalog:
-        stack = catalog[name]
-        env = {key: PLACEHOLDER for keys in stack.secret_keys.values() for key in keys}
         try:
             if not allow_placeholders:
-                _refuse_known_values(deps, path, stack.secrets)
-            config = deps.backend.check(stack, workdir=path.resolve(), env=env)
-            refuse_host_access(stack, config, workdir=path.resolve(), policy=deps.settings.host_policy, secrets=env)
+                _refuse_known_values(deps, path, catalog[name].secrets)
+            check_stack(deps, catalog[name], path)
         except DeployerError as error:
             problems.append(error)
     if problems:
         first = problems[0]
         raise type(first)(first.message, details=tuple(m for p in problems for m in (p.message, *p.details)))
     return catalog
+
+
+def check_stack(deps: Deps, stack: Stack, root: Path, *, env: Mapping[str, str] | None = None) -> None:
+    """Check one stack of the tree at `root` as a deployment does before starting it (the tooling's config, the
+    host policy), each secret key a placeholder; `env` adds to the tooling's environment. Raises DeployerError."""
+    secrets = {key: PLACEHOLDER for keys in stack.secret_keys.values() for key in keys}
+    workdir = root.resolve()
+    config = deps.backend.check(stack, workdir=workdir, env={**secrets, **(env or {})})
+    refuse_host_access(stack, config, workdir=workdir, policy=deps.settings.host_policy, secrets=secrets)
 
 
 def _refuse_known_values(deps: Deps, root: Path, files: tuple[PurePosixPath, ...]) -> None:

@@ -70,3 +70,32 @@ def test_a_forge_that_is_down_is_retried_and_a_refusal_given_up(forge: ForgeServ
                        comment_id=None)  # fmt: skip
     forge.errors.clear()  # the stand-in noted the wrong token, as it should
     assert forge.comments_on(7) == []
+
+
+def test_a_token_the_forge_will_not_name_still_finds_and_edits_ours(forge: ForgeServer) -> None:
+    forge.user_status = 403  # GitHub App installation tokens: GET /user is "not accessible by integration"
+    planted = forge.add_comment(7, f"{MARKER}\nfake plan", author="mallory")
+    first = upsert(forge, "plan 1")
+    assert first != planted.id and forge.comments[planted.id].edits == 0  # hers refused (403) and skipped
+    assert upsert(forge, "plan 2") == first
+    assert [c.body for c in forge.comments_on(7) if c.author == forge.login] == [f"{MARKER}\nplan 2"]
+
+
+def test_gitea_lists_in_one_request_and_the_others_follow_their_pages(forge: ForgeServer) -> None:
+    for index in range(130):
+        forge.add_comment(7, f"comment {index}", author="someone")
+    upsert(forge, "plan")
+    lists = [path for method, path in forge.calls if method == "GET" and path.endswith(("/7/comments", "/7/notes"))]
+    assert len(lists) == (1 if forge.forge in ("gitea", "forgejo") else 2)
+
+
+def test_an_answer_that_is_not_json_is_retried_not_crashed_on(forge: ForgeServer) -> None:
+    for passing in (0, 1, 2):  # garble GET /user, then the list, then the create
+        client._logins.clear()
+        forge.garble_skip, forge.garble_next = passing, 1
+        with pytest.raises(Retry, match="not JSON"):
+            upsert(forge, "plan")
+    [landed] = forge.comments_on(7)  # the garbled create was made all the same
+    client._logins.clear()
+    assert upsert(forge, "plan 2") == landed.id  # found by its marker: never a second comment
+    assert [c.body for c in forge.comments_on(7)] == [f"{MARKER}\nplan 2"]

@@ -142,10 +142,15 @@ def place(payload: dict[str, Any], path: str) -> tuple[dict[str, Any] | list[Any
 def mangled_payloads(draw: st.DrawFn, forge: str) -> dict[str, Any]:
     """A real push payload with one to three fields replaced or added with arbitrary JSON: often a field the parser
     reads, otherwise anywhere."""
-    payload = push_payload(forge, after=draw(hex_ids(40)), before=BEFORE)
+    return mangle(draw, push_payload(forge, after=draw(hex_ids(40)), before=BEFORE), READ)
+
+
+def mangle(draw: st.DrawFn, payload: dict[str, Any], read: list[str]) -> dict[str, Any]:
+    """`payload` with one to three fields replaced or added with arbitrary JSON: often one of the paths the
+    parser reads (`read`), otherwise anywhere."""
     for _ in range(draw(st.integers(min_value=1, max_value=3))):
         if draw(st.booleans()):
-            container, key = place(payload, draw(st.sampled_from(READ)))
+            container, key = place(payload, draw(st.sampled_from(read)))
         else:
             places = slots(payload)
             container, key = places[draw(st.integers(min_value=0, max_value=len(places) - 1))]

@@ -19,7 +19,7 @@ from deployer.receive.events import Ignored, PushEvent, parse_delivery, signed_b
 from deployer.receive.forges import Forge, detect_forge
 from deployer.receive.signature import verify_signature
 from tests.deliveries import FORGES, OPENED, PULL_EVENTS, PULL_SYNC, SYNCHRONIZED, Delivery, pull_payload, sign
-from tests.unit.test_receive_properties import HEX, JSON, SHAPES, TEXT, dump, place, slots
+from tests.unit.test_receive_properties import HEX, JSON, SHAPES, TEXT, dump, mangle
 
 SECRET = "pull-Secret-4Kd"
 HEAD = "2" * 40
@@ -476,16 +476,7 @@ def mangled_pulls(draw: st.DrawFn, forge: str) -> dict[str, Any]:
     the parser reads, otherwise anywhere."""
     payload = pull_payload(forge, head=draw(HEADS), action=draw(ACTIONS), fork=draw(st.booleans()),
                            number=draw(st.integers(min_value=1, max_value=2**63)))  # fmt: skip
-    for _ in range(draw(st.integers(min_value=1, max_value=3))):
-        if draw(st.booleans()):
-            container, key = place(payload, draw(st.sampled_from(READ)))
-        else:
-            places = slots(payload)
-            container, key = places[draw(st.integers(min_value=0, max_value=len(places) - 1))]
-            if isinstance(container, dict) and draw(st.booleans()):
-                key = draw(TEXT)
-        container[key] = draw(JSON)  # type: ignore[index]
-    return payload
+    return mangle(draw, payload, READ)
 
 
 OBJECT_FORMATS = st.sampled_from([None, "sha1", "sha256"])

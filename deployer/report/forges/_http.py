@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -12,8 +12,8 @@ import requests
 
 from deployer.model import CommitStatus, StatusState
 
-__all__ = ["MAX_RETRY_AFTER", "TIMEOUT", "GiveUp", "Retry", "check", "post_json", "retry_after", "retry_error",
-           "status_body"]  # fmt: skip
+__all__ = ["MAX_RETRY_AFTER", "TIMEOUT", "GiveUp", "Retry", "check", "post_json", "request_json", "retry_after",
+           "retry_error", "status_body"]  # fmt: skip
 
 TIMEOUT = 10.0
 #: the longest wait a Retry-After is taken at its word for (seconds)
@@ -62,8 +62,31 @@ def post_json(
 ) -> requests.Response:
     """POST `body`; return the response for 2xx and 4xx, raise Retry for 5xx, 429 (with its Retry-After) and
     transport errors."""
+    return _answered(lambda: session.post(url, json=dict(body), headers=dict(headers), timeout=TIMEOUT))
+
+
+def request_json(
+    session: requests.Session, method: str, url: str, *, headers: Mapping[str, str],
+    body: Mapping[str, Any] | None = None, params: Mapping[str, Any] | None = None,
+) -> requests.Response:  # fmt: skip
+    """One request with a JSON `body` (if any); the response for 2xx and 4xx, Retry for 5xx, 429 (with its
+    Retry-After) and transport errors."""
+    return _answered(
+        lambda: session.request(
+            method,
+            url,
+            json=None if body is None else dict(body),
+            params=dict(params or {}),
+            headers=dict(headers),
+            timeout=TIMEOUT,
+        )
+    )
+
+
+def _answered(send: Callable[[], requests.Response]) -> requests.Response:
+    """What `send` got back, for 2xx and 4xx; Retry for 5xx, 429 (with its Retry-After) and transport errors."""
     try:
-        response = session.post(url, json=dict(body), headers=dict(headers), timeout=TIMEOUT)
+        response = send()
     except requests.RequestException as error:
         raise Retry(f"{type(error).__name__}: {error}") from error
     if response.status_code == 429 or response.status_code >= 500:

@@ -12,9 +12,12 @@ from deployer.report.forges._http import check, post_json, status_body
 from deployer.report.forges.github import STATES
 
 
+def headers(token: str | None) -> dict[str, str]:
+    """What every Gitea / Forgejo API request carries."""
+    return {"Accept": "application/json"} | ({"Authorization": f"token {token}"} if token else {})
+
+
 def post(session: requests.Session, api_url: str, repo: str, token: str | None, status: CommitStatus) -> None:
-    headers = {"Accept": "application/json"}
-    if token:
-        headers["Authorization"] = f"token {token}"
     body = status_body(status, STATES, context_key="context")
-    check(post_json(session, f"{api_url.rstrip('/')}/repos/{repo}/statuses/{status.sha}", headers=headers, body=body))
+    url = f"{api_url.rstrip('/')}/repos/{repo}/statuses/{status.sha}"
+    check(post_json(session, url, headers=headers(token), body=body))

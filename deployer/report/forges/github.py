@@ -17,9 +17,13 @@ STATES = {
 }
 
 
+def headers(token: str | None) -> dict[str, str]:
+    """What every GitHub REST request carries."""
+    found = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
+    return found | ({"Authorization": f"Bearer {token}"} if token else {})
+
+
 def post(session: requests.Session, api_url: str, repo: str, token: str | None, status: CommitStatus) -> None:
-    headers = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
     body = status_body(status, STATES, context_key="context")
-    check(post_json(session, f"{api_url.rstrip('/')}/repos/{repo}/statuses/{status.sha}", headers=headers, body=body))
+    url = f"{api_url.rstrip('/')}/repos/{repo}/statuses/{status.sha}"
+    check(post_json(session, url, headers=headers(token), body=body))

@@ -24,14 +24,16 @@ STATES = {
 }
 
 
+def headers(token: str | None) -> dict[str, str]:
+    """What every GitLab API request carries."""
+    return {"Accept": "application/json"} | ({"PRIVATE-TOKEN": token} if token else {})
+
+
 def post(session: requests.Session, api_url: str, repo: str, token: str | None, status: CommitStatus) -> None:
-    headers = {"Accept": "application/json"}
-    if token:
-        headers["PRIVATE-TOKEN"] = token
     project = urllib.parse.quote(repo, safe="")
     body = status_body(status, STATES, context_key="name")
     response = post_json(session, f"{api_url.rstrip('/')}/projects/{project}/statuses/{status.sha}",
-                         headers=headers, body=body)  # fmt: skip
+                         headers=headers(token), body=body)  # fmt: skip
     if response.status_code == 400 and "Cannot transition status" in response.text:
         return
     check(response)

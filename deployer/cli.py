@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from types import FrameType
+from typing import Any
 
 from deployer import __version__
 from deployer.console import ConsoleProgress, format_plan, format_summary, table
@@ -391,13 +392,15 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     stacks = store.stacks()
     deployments = store.deployments(limit=args.limit)
     if args.json:
-        shaped = [vars(s) | {"held": store.held().get(s.name)} for s in stacks]
+        drift = store.drift()
+        shaped = [vars(s) | {"held": store.held().get(s.name), "drift": drift.get(s.name, [])} for s in stacks]
         print(json.dumps({"stacks": shaped, "deployments": deployments}, indent=2))
         return 0
-    held = store.held()
+    held, paused, drift = store.held(), store.paused(), store.drift()
     rows = [[s.name, (s.last_good_commit or "-")[:12], s.deployed_at or "-", s.last_state or "-",
-             _held_text(held.get(s.name))] for s in stacks]  # fmt: skip
-    print(table(["STACK", "DEPLOYED COMMIT", "DEPLOYED AT", "LAST RESULT", "HELD"], rows)
+             _held_text(held.get(s.name)) + (" (paused)" if s.name in paused else ""),
+             _drift_text(drift.get(s.name, []))] for s in stacks]  # fmt: skip
+    print(table(["STACK", "DEPLOYED COMMIT", "DEPLOYED AT", "LAST RESULT", "HELD", "DRIFT"], rows)
           if rows else "no stack deployed yet")  # fmt: skip
     print()
     rows = [
@@ -407,6 +410,14 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     ]  # fmt: skip
     print(table(["DEPLOYMENT", "STATE", "COMMIT", "TRIGGER", "CREATED", "STACKS"], rows) if rows else "no deployments")
     return 0
+
+
+def _drift_text(found: list[dict[str, Any]]) -> str:
+    """A stack's drift in a few words: "-", or how many findings and the first one's detail."""
+    if not found:
+        return "-"
+    more = f" (+{len(found) - 1} more)" if len(found) > 1 else ""
+    return f"{found[0].get('kind')}: {found[0].get('detail')}{more}"
 
 
 def _held_text(held: dict[str, str | None] | None) -> str:

@@ -44,6 +44,7 @@ from deployer.pipeline import (
     Request,
     SilentProgress,
     branch_head,
+    check_drift,
     converged,
     deploy,
     preview,
@@ -122,6 +123,8 @@ class Worker:
             threading.Thread(target=self._notify_forever, args=(stop,), name="notify", daemon=True).start()
         threading.Thread(target=self._watch_hosts, args=(stop,), name="hosts", daemon=True).start()
         threading.Thread(target=self._preview_forever, args=(stop,), name="previews", daemon=True).start()
+        if self.deps.settings.drift_interval:
+            threading.Thread(target=self._drift_forever, args=(stop,), name="drift", daemon=True).start()
         interval = self.deps.settings.poll_interval
         next_poll = time.monotonic() if interval else float("inf")
         next_beat = 0.0
@@ -375,6 +378,22 @@ class Worker:
             except Exception:  # the watcher must outlive any one bad host
                 log.exception("engine check failed")
             stop.wait(self.deps.settings.host_check_interval)
+
+    def _drift_forever(self, stop: threading.Event) -> None:
+        """Check deployed stacks for drift every DEPLOYER_DRIFT_INTERVAL seconds, beside deploying (one request
+        per engine); what it found is shown by /api/stacks, the pages, /metrics and `deployer status`."""
+        store = StateStore(self.deps.settings.state_dir / "state.db")  # its own connection
+        deps = Deps(settings=self.deps.settings, runner=self.deps.runner, backend=self.deps.backend, store=store)
+        while not stop.wait(self.deps.settings.drift_interval):
+            try:
+                checked = check_drift(deps)
+                self.queue.set_meta("drift", {"at": time.time(), "skipped": checked.skipped,
+                                              "drifted": sorted(n for n, f in checked.found.items() if f)})  # fmt: skip
+            except StateUnavailableError as error:
+                log.warning("drift checks wait for the state store: %s", error.message)
+            except Exception:  # the drift thread must outlive any one bad check
+                log.exception("drift check failed")
+        store.close()
 
     def _preview_forever(self, stop: threading.Event) -> None:
         """Preview pull requests' heads beside deploying (deployer.pipeline.preview): a long deployment never

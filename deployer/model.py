@@ -210,6 +210,9 @@ class StackResult:
     rolled_back_to: str | None = None
     #: where a deployed stack runs (recorded with a success: where a later removal or move finds it)
     placement: Placement | None = None
+    #: what its containers were right after it came up (deployer.plan.drift.Baseline.as_dict): what drift
+    #: checks compare with; None where drift is not checked (a swarm stack)
+    baseline: Mapping[str, Any] | None = None
 
     @property
     def duration(self) -> float | None:

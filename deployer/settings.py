@@ -104,6 +104,12 @@ class Settings:
     host_check_interval: float = 30.0
     #: seconds before the first retry of a transient failure (doubled for each further one, at most 600)
     retry_backoff: float = 10.0
+    #: what a drift check does with drift it finds: "report" it, or also "repair" it (redeploy the last good commit)
+    drift: str = "report"
+    #: seconds between drift checks of the deployed stacks (0: none)
+    drift_interval: int = 300
+    #: drift repairs of one stack in any hour, after which its drift is only reported (the flap guard)
+    drift_max_repairs: int = 3
     #: deploy only commits whose signature git verifies against these (an SSH allowed_signers file, a GnuPG home)
     require_signed: bool = False
     allowed_signers: Path | None = None
@@ -159,6 +165,9 @@ class Settings:
             max_per_host=_int(environ, "DEPLOYER_MAX_PER_HOST", 2, minimum=1),
             host_check_interval=_int(environ, "DEPLOYER_HOST_CHECK_INTERVAL", 30, minimum=1),
             retry_backoff=_int(environ, "DEPLOYER_RETRY_BACKOFF", 10, minimum=1),
+            drift=_choice(environ, "DEPLOYER_DRIFT", {"report", "repair"}) or "report",
+            drift_interval=_int(environ, "DEPLOYER_DRIFT_INTERVAL", 300, minimum=0),
+            drift_max_repairs=_int(environ, "DEPLOYER_DRIFT_MAX_REPAIRS", 3, minimum=0),
             **_signing(environ),
             max_body=_int(environ, "DEPLOYER_MAX_BODY", 1024 * 1024, minimum=1),
             docker_env=_pick(environ, DOCKER_PASSTHROUGH),

@@ -46,6 +46,7 @@ from deployer.model import (
 __all__ = [
     "DURATION_BUCKETS",
     "AuditEvent",
+    "DriftSubject",
     "StackRecord",
     "StateStore",
     "duration_bucket",
@@ -110,7 +111,9 @@ CREATE TABLE IF NOT EXISTS stacks (
     placement TEXT,
     paused_actor TEXT,
     paused_reason TEXT,
-    paused_at TEXT
+    paused_at TEXT,
+    baseline TEXT,
+    drift TEXT
 );
 CREATE TABLE IF NOT EXISTS deliveries (
     forge TEXT NOT NULL,
@@ -225,6 +228,8 @@ _ADDED_COLUMNS = (
     ("stacks", "paused_actor", "TEXT"),
     ("stacks", "paused_reason", "TEXT"),
     ("stacks", "paused_at", "TEXT"),
+    ("stacks", "baseline", "TEXT"),
+    ("stacks", "drift", "TEXT"),
 )
 #: the upper bounds (seconds) of the stack deploy duration histogram /metrics exports: a stack is brought up
 #: in a few seconds to several minutes. Each result's bucket (an index into these; len() for above the last)
@@ -261,6 +266,20 @@ class StackRecord:
     #: where it was last deployed: engine kind and the other engine's address (None: the deployer's own)
     engine: str = "compose"
     docker_host: str | None = None
+
+
+@dataclass(frozen=True)
+class DriftSubject:
+    """A deployed stack as a drift check sees it (StateStore.drift_subjects)."""
+
+    name: str
+    commit: str
+    #: the deployment that left this baseline: a drift check writes nothing over a newer one's clean slate
+    deployment_id: str
+    placement: Placement
+    baseline: Mapping[str, Any] | None
+    paused: bool
+    drift: tuple[dict[str, Any], ...]
 
 
 class StateStore:
@@ -399,6 +418,7 @@ class StateStore:
         """Record one stack's state; a success moves (or, for a removal, drops) its last good commit."""
         duration = _duration_ms(result.started_at, result.finished_at)
         images = json.dumps(dict(result.images)) if result.images else None
+        baseline = json.dumps(result.baseline) if result.baseline is not None else None
         placed = result.placement or Placement()
         placement = json.dumps({"engine": placed.engine, "docker_host": placed.docker_host})
         with self._tx() as db:
@@ -420,11 +440,13 @@ class StateStore:
             else:
                 db.execute(
                     "INSERT INTO stacks (name, last_good_commit, deployed_at, deployment_id, depends_on, images,"
-                    " placement)"
-                    " SELECT ?, ?, ?, ?, depends_on, ?, ? FROM deployment_stacks WHERE deployment_id = ? AND name = ?"
+                    " placement, baseline)"
+                    " SELECT ?, ?, ?, ?, depends_on, ?, ?, ? FROM deployment_stacks"
+                    " WHERE deployment_id = ? AND name = ?"
                     " ON CONFLICT(name) DO UPDATE SET last_good_commit = excluded.last_good_commit,"
                     " deployed_at = excluded.deployed_at, deployment_id = excluded.deployment_id,"
-                    " depends_on = excluded.depends_on, images = excluded.images, placement = excluded.placement",
+                    " depends_on = excluded.depends_on, images = excluded.images, placement = excluded.placement,"
+                    " baseline = excluded.baseline, drift = NULL",
                     (
                         result.name,
                         commit,
@@ -432,6 +454,7 @@ class StateStore:
                         deployment_id,
                         images,
                         placement,
+                        baseline,
                         deployment_id,
                         result.name,
                     ),
@@ -546,6 +569,52 @@ class StateStore:
                                     " WHERE paused_at IS NOT NULL").fetchall()  # fmt: skip
         return {r["name"]: {"actor": r["paused_actor"], "reason": r["paused_reason"], "at": r["paused_at"]}
                 for r in rows}  # fmt: skip
+
+    def drift_subjects(self) -> list[DriftSubject]:
+        """Every deployed stack drift is checked for, by name: its last good commit, where it runs, the
+        baseline its last good deploy left (None: deployed before drift was recorded, or on a swarm), whether
+        it is paused, and the drift findings last recorded (as dicts)."""
+        with self._lock:
+            rows = self._db.execute("SELECT name, last_good_commit, deployment_id, placement, baseline, paused_at,"
+                                    " drift FROM stacks ORDER BY name").fetchall()  # fmt: skip
+        found = []
+        for r in rows:
+            placed = json.loads(r["placement"]) if r["placement"] else {}
+            found.append(DriftSubject(
+                r["name"], r["last_good_commit"], r["deployment_id"],
+                Placement(str(placed.get("engine") or "compose"), placed.get("docker_host")),
+                json.loads(r["baseline"]) if r["baseline"] else None, r["paused_at"] is not None,
+                tuple(json.loads(r["drift"] or "[]")),
+            ))  # fmt: skip
+        return found
+
+    def record_drift(self, found: Mapping[str, tuple[str, list[dict[str, Any]]]], *, told: Told = NOTHING_TOLD) -> None:
+        """Each stack's drift findings now ({name: (the deployment its baseline is from, findings as dicts)}),
+        with what tells the changes, in one transaction. A stack deployed since its check began keeps the
+        clean slate its new deploy gave it."""
+        with self._tx() as db:
+            db.executemany("UPDATE stacks SET drift = ? WHERE name = ? AND deployment_id = ?",
+                           [(json.dumps(f) if f else None, name, by) for name, (by, f) in found.items()])  # fmt: skip
+            write_told(db, told)
+
+    def busy(self) -> bool:
+        """Whether a deployment is queued or running (its stacks' containers may be coming and going)."""
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM deployments WHERE state IN ('queued', 'running') LIMIT 1").fetchone()
+        return row is not None
+
+    def drift(self) -> dict[str, list[dict[str, Any]]]:
+        """Each deployed stack's drift findings as last checked ([] when none, or not checked yet)."""
+        with self._lock:
+            rows = self._db.execute("SELECT name, drift FROM stacks").fetchall()
+        return {r["name"]: json.loads(r["drift"] or "[]") for r in rows}
+
+    def drift_repairs(self, name: str, *, since: float) -> int:
+        """How many drift repairs of `name` were queued since `since` (epoch seconds): the flap guard's count."""
+        with self._lock:
+            rows = self._db.execute("SELECT requested_stacks FROM deployments WHERE trigger = 'drift'"
+                                    " AND created_at >= ?", (rfc3339(since),)).fetchall()  # fmt: skip
+        return sum(1 for r in rows if name in json.loads(r["requested_stacks"] or "[]"))
 
     def meta(self, key: str) -> object:
         """A value the processes share (heartbeats, cursors, how a shipper stands), as JSON; None if unset."""

@@ -64,15 +64,17 @@ class EngineApi:
             return {}
         return _service_images(found)
 
-    def project_containers(self) -> list[dict[str, Any]]:
+    def project_containers(self, project: str | None = None) -> list[dict[str, Any]]:
         """`GET /containers/json?all=1` of every compose project at once: the containers (stopped ones too) that
-        carry a `com.docker.compose.project` label, in one request however many stacks there are.
+        carry a `com.docker.compose.project` label, in one request however many stacks there are; or only
+        those of `project`.
 
         Raises DockerException or RequestException, after forgetting the pooled connection (the next call
         connects anew, so an engine that restarted answers again).
         """
         try:
-            found: list[dict[str, Any]] = self._connected().api.containers(all=True, filters={"label": _PROJECT})
+            label = _PROJECT if project is None else f"{_PROJECT}={project}"
+            found: list[dict[str, Any]] = self._connected().api.containers(all=True, filters={"label": label})
         except (DockerException, RequestException):
             self._forget()
             raise

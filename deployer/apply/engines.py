@@ -89,6 +89,19 @@ class Engines:
     def images(self, name: StackName) -> dict[str, str]:
         return self.backend(self.placement(name)).images(name)
 
+    def containers(self, name: StackName) -> list[dict[str, Any]] | None:
+        """The container summaries (`GET /containers/json?all=1`) of compose stack `name` where it runs; None for
+        a swarm stack (the swarm reconciles its services itself). Raises DockerException or RequestException."""
+        backend = self.backend(self.placement(name))
+        return backend.engine.project_containers(name) if isinstance(backend, ComposeBackend) else None
+
+    def project_containers(self, docker_host: str | None) -> list[dict[str, Any]]:
+        """Every compose project's containers on one engine (the deployer's own for None), in one request.
+        Raises DockerException or RequestException."""
+        backend = self.backend(Placement(docker_host=docker_host))
+        assert isinstance(backend, ComposeBackend)
+        return backend.engine.project_containers()
+
     def down(self, name: StackName, placement: Placement | None = None) -> str:
         """Bring `name` down where it runs (or on `placement`: the engine a moved stack left)."""
         return self.backend(placement or self.placement(name)).down(name)

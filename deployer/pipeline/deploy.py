@@ -10,6 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from docker.errors import DockerException
+from requests.exceptions import RequestException
+
 from deployer.apply import decrypt_files, refuse_host_access, run_stacks
 from deployer.errors import (
     ComposeError,
@@ -39,6 +42,7 @@ from deployer.pipeline.record import Recorder
 from deployer.pipeline.rollback import roll_back
 from deployer.pipeline.wiring import Deps, Progress, Request, SilentProgress
 from deployer.plan import load_catalog, make_plan
+from deployer.plan.drift import baseline_of
 from deployer.reasons import reason_for
 
 __all__ = ["deploy"]
@@ -114,7 +118,8 @@ def _deploy_locked(deps: Deps, record: Recorder, request: Request, progress: Pro
     if request.trigger == "webhook":
         record.release_held(commit=target)
     held = tuple(deps.store.held()) if request.trigger == "poll" else ()
-    held += tuple(deps.store.paused()) if request.follows_branch else ()  # paused: left alone until resumed
+    drift = request.trigger == "drift"  # a drift repair: paused since it was queued is paused still
+    held += tuple(deps.store.paused()) if request.follows_branch or drift else ()  # left alone until resumed
     try:
         tree = mirror.clean_checkout(target, deps.checkouts / "deploy")
         plan, catalog = _plan(deps, mirror, tree, target=target, requested=request.stacks, exclude=held,
@@ -221,7 +226,7 @@ def _hold_if_off_the_head(record: Recorder, request: Request, results: tuple[Sta
                           head: str) -> None:  # fmt: skip
     """A person's deployment at a commit other than the branch head holds the stacks it deployed there;
     one at the head releases them."""
-    if request.follows_branch:
+    if request.follows_branch or request.trigger == "drift":  # a drift repair redeploys the last good commit
         return
     done = [r.name for r in results if r.state is StackState.SUCCEEDED and r.action is Action.DEPLOY]
     record.hold_or_release(done, commit=target, hold=target != head)
@@ -316,6 +321,7 @@ def _apply(
     worktrees = deps.settings.state_dir / "stacks"
     good = deps.store.last_good()
     images: dict[str, tuple[tuple[str, str], ...]] = {}  # what each stack that came up runs (what a rollback pins)
+    baselines: dict[str, Mapping[str, object] | None] = {}  # and its containers (what drift checks compare with)
 
     def bring_up(planned: PlannedStack) -> str:
         stack = catalog[planned.name]
@@ -329,6 +335,7 @@ def _apply(
         except ComposeError as error:  # at `up` or its health wait: back to the last good commit, or say why not
             roll_back(deps, record, mirror, planned.name, error, good=good.get(planned.name))
         images[planned.name] = tuple(sorted(deps.backend.images(planned.name).items()))
+        baselines[planned.name] = _baseline(deps, planned.name)
         if before is not None and before != stack.placement:
             output = f"{output}\n{_leave(deps, planned.name, before)}".strip()
         return output
@@ -338,7 +345,8 @@ def _apply(
 
     def on_change(result: StackResult) -> None:
         if result.state is StackState.SUCCEEDED and result.action is Action.DEPLOY:
-            result = replace(result, images=images.get(result.name, ()), placement=catalog[result.name].placement)
+            result = replace(result, images=images.get(result.name, ()), placement=catalog[result.name].placement,
+                             baseline=baselines.get(result.name))  # fmt: skip
         record.stack(result, commit=plan.target)
         progress.stack(result)
 
@@ -350,6 +358,17 @@ def _apply(
                          group=lambda s: deps.backend.placement(s.name).docker_host)  # fmt: skip
     return removed + run_stacks(deploys, bring_up, on_change=on_change, **limits,
                                 group=lambda s: catalog[s.name].docker_host)  # fmt: skip
+
+
+def _baseline(deps: Deps, name: str) -> Mapping[str, object] | None:
+    """What stack `name`'s containers are right after it came up, for drift checks; None for a swarm stack,
+    or when the engine could not say (the stack's drift is then unknown until its next deploy)."""
+    try:
+        containers = deps.backend.containers(name)
+    except (DockerException, RequestException) as error:
+        log.warning("stack %s: no drift baseline (the engine did not list its containers: %s)", name, error)
+        return None
+    return None if containers is None else baseline_of(containers).as_dict()
 
 
 def _leave(deps: Deps, name: str, before: Placement) -> str:

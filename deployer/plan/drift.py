@@ -55,11 +55,13 @@ _Summary = TypeVar("_Summary", bound=Mapping[str, Any])
 
 @dataclass(frozen=True)
 class ServiceBaseline:
-    """One service after a good deploy: its containers' config-hash label, their image id, how many there were."""
+    """One service after a good deploy: its containers' config-hash label, their image id, how many there were,
+    and whether any of them ran (a one-shot job, `restart: "no"`, has exited by then: its exit is not drift)."""
 
     config_hash: str
     image: str | None
     containers: int
+    running: bool = True
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,29 @@ class Baseline:
     containers with, the image id they ran, and how many containers (replicas) it had."""
 
     services: Mapping[str, ServiceBaseline]
+
+    def as_dict(self) -> dict[str, dict[str, object]]:
+        """What the state store keeps: {service: {"config_hash", "image", "containers", "running"}}."""
+        return {
+            name: {"config_hash": s.config_hash, "image": s.image, "containers": s.containers, "running": s.running}
+            for name, s in sorted(self.services.items())
+        }
+
+    @classmethod
+    def from_dict(cls, found: Mapping[str, Any]) -> Baseline:
+        """The baseline `as_dict` gave (unknown keys ignored, missing ones at their defaults)."""
+        services = {}
+        for name, value in found.items():
+            if not isinstance(value, Mapping):
+                continue
+            image = value.get("image")
+            services[str(name)] = ServiceBaseline(
+                config_hash=str(value.get("config_hash") or ""),
+                image=str(image) if image else None,
+                containers=int(value.get("containers") or 0),
+                running=bool(value.get("running", True)),
+            )
+        return cls(services=services)
 
 
 @dataclass(frozen=True)
@@ -95,11 +120,14 @@ def baseline_of(containers: Iterable[Mapping[str, Any]]) -> Baseline:
     """
     hashes: dict[str, Counter[str]] = {}
     images: dict[str, Counter[str]] = {}
+    running: set[str] = set()
     for container in containers:
         labels = _labels(container)
         service = labels.get(SERVICE)
         if not service or labels.get(ONEOFF) == "True":
             continue
+        if _text(container.get("State")).lower() == "running":
+            running.add(service)
         hashes.setdefault(service, Counter())[labels.get(CONFIG_HASH, "")] += 1
         images.setdefault(service, Counter())
         if image := _text(container.get("ImageID")):
@@ -110,6 +138,7 @@ def baseline_of(containers: Iterable[Mapping[str, Any]]) -> Baseline:
                 config_hash=_most_common(counted) or "",
                 image=_most_common(images[service]),
                 containers=counted.total(),
+                running=service in running,
             )
             for service, counted in sorted(hashes.items())
         }
@@ -131,8 +160,9 @@ def findings(baseline: Baseline, containers: Iterable[Mapping[str, Any]]) -> lis
         service = labels.get(SERVICE) or None
         if service is not None:
             present[service] += 1
-        found += _state_findings(container, service)
         expected = baseline.services.get(service) if service is not None else None
+        if expected is None or expected.running:  # a one-shot job's exit is how it ends, not drift
+            found += _state_findings(container, service)
         if expected is None:
             found.append(_extra(container, service))
         else:

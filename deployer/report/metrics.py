@@ -191,6 +191,7 @@ def _outboxes(db: sqlite3.Connection, *, now: float, shipping: bool) -> Iterable
     meta = dict(db.execute("SELECT key, value FROM meta WHERE key IN ('worker', 'loki', 'notify', 'engine', 'hosts')")
                 .fetchall())  # fmt: skip
     yield _engines(meta)
+    yield _drift(db)
     beat = _json_field(meta.get("worker"), "at")
     if beat is not None:
         yield _gauge("deployer_worker_heartbeat_age_seconds", "Seconds since the deploy worker's last heartbeat",
@@ -217,6 +218,26 @@ def _engines(meta: dict[str, str]) -> Metric:
         if isinstance(state, dict):
             up.add_metric([str(host)], 1.0 if state.get("ok") else 0.0)
     return up
+
+
+def _drift(db: sqlite3.Connection) -> Metric:
+    """Each deployed stack's drift findings by kind as the last drift check recorded them (0 of each kind a
+    stack has none of is left out; a stack without any drift shows as kind="" 0)."""
+    drift = GaugeMetricFamily("deployer_stack_drift", "Drift findings of each deployed stack at the last check "
+                              "(kind: missing, stopped, unhealthy, config_changed, image_changed, extra, unknown)",
+                              labels=["stack", "kind"])  # fmt: skip
+    for name, raw in db.execute("SELECT name, drift FROM stacks ORDER BY name"):
+        try:
+            found = json.loads(raw or "[]")
+        except ValueError:
+            found = []
+        kinds: dict[str, int] = {}
+        for finding in found if isinstance(found, list) else ():
+            if isinstance(finding, dict):
+                kinds[str(finding.get("kind"))] = kinds.get(str(finding.get("kind")), 0) + 1
+        for kind, n in sorted(kinds.items()) or [("", 0)]:
+            drift.add_metric([name, kind], n)
+    return drift
 
 
 @dataclass

@@ -46,11 +46,11 @@ def deployment(deployment_id: str) -> ResponseReturnValue:
 def stacks() -> ResponseReturnValue:
     service = Service.current(current_app)
     store = service.store
-    held, paused = store.held(), store.paused()
+    held, paused, drift = store.held(), store.paused(), store.drift()
     hosts = host_states(service)
     shaped = [
         {"name": r.name, "deployed_commit": r.last_good_commit, "state": r.last_state, "depends_on": list(r.depends_on),
-         "held": held.get(r.name), "paused": r.name in paused, "drift": [], "engine": r.engine,
+         "held": held.get(r.name), "paused": r.name in paused, "drift": drift.get(r.name, []), "engine": r.engine,
          "docker_host": r.docker_host, "host": hosts.get(r.docker_host) if r.docker_host else None}
         for r in store.stacks()
     ]  # fmt: skip

@@ -79,7 +79,7 @@ def stacks() -> ResponseReturnValue:
     choices = _choices(service, records) if chrome["can_deploy"] else []
     return render_template("stacks.html", records=records, held=service.store.held(), graph=_graph(records),
                            choices=choices, branch=service.settings.branch, hosts=host_states(service),
-                           paused=service.store.paused(),
+                           paused=service.store.paused(), drift=service.store.drift(),
                            **chrome)  # fmt: skip
 
 

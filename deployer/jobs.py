@@ -386,9 +386,13 @@ class Worker:
         deps = Deps(settings=self.deps.settings, runner=self.deps.runner, backend=self.deps.backend, store=store)
         while not stop.wait(self.deps.settings.drift_interval):
             try:
+                began, cpu = time.monotonic(), time.thread_time()
                 checked = check_drift(deps)
-                self.queue.set_meta("drift", {"at": time.time(), "skipped": checked.skipped,
-                                              "drifted": sorted(n for n, f in checked.found.items() if f)})  # fmt: skip
+                self.queue.set_meta("drift", {
+                    "at": time.time(), "seconds": time.monotonic() - began, "cpu_seconds": time.thread_time() - cpu,
+                    "stacks": len(checked.found), "skipped": checked.skipped,
+                    "drifted": sorted(n for n, f in checked.found.items() if f),
+                })  # fmt: skip
             except StateUnavailableError as error:
                 log.warning("drift checks wait for the state store: %s", error.message)
             except Exception:  # the drift thread must outlive any one bad check

@@ -188,10 +188,16 @@ def _outboxes(db: sqlite3.Connection, *, now: float, shipping: bool) -> Iterable
             "deployer_audit_events_set_aside", "Audit events Loki refused or would refuse, kept locally", aside
         )
 
-    meta = dict(db.execute("SELECT key, value FROM meta WHERE key IN ('worker', 'loki', 'notify', 'engine', 'hosts')")
-                .fetchall())  # fmt: skip
+    keys = "'worker', 'loki', 'notify', 'engine', 'hosts', 'drift'"
+    meta = dict(db.execute(f"SELECT key, value FROM meta WHERE key IN ({keys})").fetchall())  # noqa: S608 -- constants
     yield _engines(meta)
     yield _drift(db)
+    for key, name, what in (("seconds", "deployer_drift_check_duration_seconds", "Wall time"),
+                            ("cpu_seconds", "deployer_drift_check_cpu_seconds", "CPU time of the drift thread"),
+                            ("at", "deployer_drift_check_timestamp_seconds", "When it ended (epoch)")):  # fmt: skip
+        value = _json_field(meta.get("drift"), key)
+        if value is not None:
+            yield _gauge(name, f"{what} of the last drift check", float(value))
     beat = _json_field(meta.get("worker"), "at")
     if beat is not None:
         yield _gauge("deployer_worker_heartbeat_age_seconds", "Seconds since the deploy worker's last heartbeat",

@@ -74,6 +74,7 @@ def test_drift_made_by_hand_is_seen_everywhere_and_only_reported(
         metrics = answer.read().decode()
     assert f'deployer_stack_drift{{kind="stopped",stack="{stopped}"}} 1.0' in metrics
     assert f'deployer_stack_drift{{kind="extra",stack="{intruded}"}} 1.0' in metrics
+    assert "deployer_drift_check_duration_seconds " in metrics and "deployer_drift_check_cpu_seconds " in metrics
     status = cli(tmp_path, age_key, "status")
     assert status.returncode == 0, status
     [row] = [line for line in status.stdout.splitlines() if line.startswith(recreated)]

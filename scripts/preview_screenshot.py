@@ -88,9 +88,10 @@ def main() -> int:
             forge.close()
     assert "not-shown-anywhere" not in comment.body and "not-shown-anywhere" not in log
     rendered = MarkdownIt("commonmark", {"html": True}).enable("table").render(comment.body)
+    edited = f"edited {comment.edits} time{'' if comment.edits == 1 else 's'}"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>plan preview</title><style>{STYLE}</style>
-</head><body><div class="comment"><div class="head"><b>{html.escape(comment.author)}</b> commented
-(edited {comment.edits} time{'' if comment.edits == 1 else 's'})</div><div class="body">{rendered}</div></div></body></html>"""
+</head><body><div class="comment"><div class="head"><b>{html.escape(comment.author)}</b> commented ({edited})
+</div><div class="body">{rendered}</div></div></body></html>"""
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "preview-comment.html").write_text(page)
     (OUT / "preview-comment.md").write_text(comment.body)

@@ -150,3 +150,10 @@ def audit_trail(state_dir: Path) -> list[dict[str, Any]]:
         except sqlite3.OperationalError:  # a state store from before the audit trail
             return []
     return [json.loads(line) for (line,) in rows]
+
+
+def laughs(levels: int = 10) -> str:
+    """A compose file that is a YAML bomb (billion laughs): 9**levels nodes once its aliases are resolved."""
+    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + f"\nservices:\n  main:\n    image: busybox\n    command: *a{levels - 1}\n"

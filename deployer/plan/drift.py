@@ -62,6 +62,9 @@ class ServiceBaseline:
     image: str | None
     containers: int
     running: bool = True
+    #: the image as the containers were created with it (a tag, e.g. "grafana/grafana:11"): the engine shows
+    #: the bare image id instead once that tag names another image
+    image_ref: str | None = None
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,13 @@ class Baseline:
     def as_dict(self) -> dict[str, dict[str, object]]:
         """What the state store keeps: {service: {"config_hash", "image", "containers", "running"}}."""
         return {
-            name: {"config_hash": s.config_hash, "image": s.image, "containers": s.containers, "running": s.running}
+            name: {
+                "config_hash": s.config_hash,
+                "image": s.image,
+                "containers": s.containers,
+                "running": s.running,
+                "image_ref": s.image_ref,
+            }
             for name, s in sorted(self.services.items())
         }
 
@@ -85,12 +94,13 @@ class Baseline:
         for name, value in found.items():
             if not isinstance(value, Mapping):
                 continue
-            image = value.get("image")
+            image, ref = value.get("image"), value.get("image_ref")
             services[str(name)] = ServiceBaseline(
                 config_hash=str(value.get("config_hash") or ""),
                 image=str(image) if image else None,
                 containers=int(value.get("containers") or 0),
                 running=bool(value.get("running", True)),
+                image_ref=str(ref) if ref else None,
             )
         return cls(services=services)
 
@@ -120,6 +130,7 @@ def baseline_of(containers: Iterable[Mapping[str, Any]]) -> Baseline:
     """
     hashes: dict[str, Counter[str]] = {}
     images: dict[str, Counter[str]] = {}
+    refs: dict[str, Counter[str]] = {}
     running: set[str] = set()
     for container in containers:
         labels = _labels(container)
@@ -132,6 +143,9 @@ def baseline_of(containers: Iterable[Mapping[str, Any]]) -> Baseline:
         images.setdefault(service, Counter())
         if image := _text(container.get("ImageID")):
             images[service][image] += 1
+        refs.setdefault(service, Counter())
+        if ref := _text(container.get("Image")):
+            refs[service][ref] += 1
     return Baseline(
         services={
             service: ServiceBaseline(
@@ -139,6 +153,7 @@ def baseline_of(containers: Iterable[Mapping[str, Any]]) -> Baseline:
                 image=_most_common(images[service]),
                 containers=counted.total(),
                 running=service in running,
+                image_ref=_most_common(refs[service]),
             )
             for service, counted in sorted(hashes.items())
         }
@@ -217,12 +232,21 @@ def _changes(container: Mapping[str, Any], service: str | None, expected: Servic
         )
         changes.append(Finding("config_changed", service, name, _line(detail)))
     image = _text(container.get("ImageID"))
+    shown = _text(container.get("Image"))
     if expected.image and image and image != expected.image:
-        shown = _text(container.get("Image"))
-        shown = _short(shown) if shown.startswith("sha256:") else shown or "image"
-        detail = f"container {name} runs {shown} {_short(expected.image)} -> {_short(image)}"
+        named = _short(shown) if shown.startswith("sha256:") else shown or "image"
+        detail = f"container {name} runs {named} {_short(expected.image)} -> {_short(image)}"
+        changes.append(Finding("image_changed", service, name, _line(detail)))
+    elif _tag_moved(expected.image_ref, shown):
+        detail = f"container {name} runs {_short(image or shown)}, but {expected.image_ref} names another image now"
         changes.append(Finding("image_changed", service, name, _line(detail)))
     return changes
+
+
+def _tag_moved(ref: str | None, shown: str) -> bool:
+    """Whether the tag a container was created from names another image now: the engine then lists the
+    container's image by its id (`sha256:...`) instead of the tag (a pull or build under the same tag)."""
+    return bool(ref) and not str(ref).startswith("sha256:") and shown.startswith("sha256:")
 
 
 def _extra(container: Mapping[str, Any], service: str | None) -> Finding:

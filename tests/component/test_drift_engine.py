@@ -168,3 +168,36 @@ def test_a_failed_listing_raises_and_the_next_one_connects_anew() -> None:
 def test_an_engine_that_is_not_there_raises(tmp_path: Path) -> None:
     with pytest.raises(DockerException):
         EngineApi({"DOCKER_HOST": f"unix://{tmp_path}/docker.sock"}).project_containers()
+
+
+@pytest.mark.usefixtures("engine")
+def test_a_tag_built_over_under_a_running_project_is_an_image_change(prefix: str, tmp_path: Path) -> None:
+    """The same tag, another image (a `docker pull` or build of a newer one): the running containers still run
+    the old one, and the engine lists them by its id; compose would recreate them at the next `up`."""
+    tag = f"{prefix}-img:1"
+
+    def build(version: str) -> str:
+        dockerfile = f"FROM {TEST_IMAGE}\nLABEL deployer-test-version={version}\n"
+        subprocess.run(["docker", "build", "--quiet", "--tag", tag, "-"], input=dockerfile, text=True,
+                       capture_output=True, check=True)  # fmt: skip
+        return docker("image", "inspect", "--format", "{{.Id}}", tag)
+
+    first = build("1")
+    try:
+        name = f"{prefix}-tagged"
+        file = tmp_path / "compose.yaml"
+        file.write_text(yaml.safe_dump({"services": {"app": service(image=tag, healthcheck=False)}}))
+        docker("compose", "--project-name", name, "--file", str(file), "up", "--detach")
+        api = EngineApi(os.environ)
+        deployed = group_by_project(api.project_containers(name))[name]
+        baseline = baseline_of(deployed)
+        assert (baseline.services["app"].image, baseline.services["app"].image_ref) == (first, tag)
+        assert findings(baseline, deployed) == []
+        second = build("2")
+        assert second != first
+        [moved] = findings(baseline, group_by_project(api.project_containers(name))[name])
+        assert (moved.kind, moved.container) == ("image_changed", f"{name}-app-1")
+        assert moved.detail == f"container {name}-app-1 runs {first[7:19]}, but {tag} names another image now"
+    finally:
+        docker("compose", "--project-name", f"{prefix}-tagged", "down", "--remove-orphans")
+        subprocess.run(["docker", "image", "rm", "--force", tag, first], capture_output=True, check=False)

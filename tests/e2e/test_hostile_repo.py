@@ -9,16 +9,10 @@ import pytest
 from tests.conftest import AgeKey
 from tests.e2e.conftest import Serve
 from tests.e2e.served import container_env, container_id, wait_for
-from tests.helpers import ConfigRepo, service
+from tests.helpers import ConfigRepo, laughs, service
 from tests.servers import ForgeServer
 
 pytestmark = pytest.mark.usefixtures("engine")
-
-
-def laughs(levels: int = 10) -> str:
-    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
-    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
-    return "\n".join(lines) + f"\nservices:\n  main:\n    image: busybox\n    command: *a{levels - 1}\n"
 
 
 def test_a_yaml_bomb_and_a_symlink_to_the_age_key_fail_at_plan_and_change_no_stack(

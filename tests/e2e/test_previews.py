@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import AgeKey
 from tests.deliveries import pull_payload, push_payload, sign
 from tests.e2e.conftest import Serve
 from tests.e2e.served import SECRET, container_env, http, wait_for
-from tests.helpers import ConfigRepo, git, service
+from tests.helpers import ConfigRepo, git, laughs, service
 from tests.servers import ForgeServer
 
 pytestmark = pytest.mark.usefixtures("engine")
@@ -142,3 +143,47 @@ def test_each_forge_s_pull_request_event_is_previewed_on_its_api(
         assert served.deployments() == []
     finally:
         other.close()
+
+
+def test_hostile_forks_a_yaml_bomb_a_symlink_to_the_key_and_a_path_out_of_the_repository_are_invalid(
+    serve: Serve, repo: ConfigRepo, forge: ForgeServer, prefix: str, age_key: AgeKey
+) -> None:
+    name = f"{prefix}-app"
+    repo.stack(name, {"main": service(environment={"V": "1"})})
+    main = repo.commit("one stack")
+    served = serve()
+    assert served.finished(served.push(main))["state"] == "succeeded"
+    hostile = {
+        11: ("a YAML bomb", lambda: repo.write(f"stacks/{prefix}-bomb/compose.yaml", laughs()),
+             f"stacks/{prefix}-bomb/compose.yaml: cannot be read as YAML"),
+        12: ("a symlink to the age key", lambda: _symlink(repo, f"stacks/{prefix}-key/compose.yaml", age_key.path),
+             f"stacks/{prefix}-key/compose.yaml"),
+        13: ("a secret path out of the repository",
+             lambda: repo.stack(f"{prefix}-out", {"main": service()}, deployer={"secrets": ["../../etc/shadow"]}),
+             f"stacks/{prefix}-out/compose.yaml"),
+    }  # fmt: skip
+    heads = {}
+    for number, (what, make, _) in hostile.items():
+        git(repo.path, "checkout", "-q", "--detach", main)
+        make()
+        repo.commit(what)
+        heads[number] = open_pull(repo, number)
+        git(repo.path, "checkout", "-q", "-f", "main")
+        git(repo.path, "clean", "-q", "-fdx")
+        deliver(served.base, "gitea", forge.api_url, head=heads[number], number=number, action="opened", fork=True)
+    key = age_key.path.read_text().split("AGE-SECRET-KEY-")[1].strip()
+    for number, (what, _, names) in hostile.items():
+        described = plan_status(forge, heads[number], "failure")
+        assert described.startswith("invalid: ") and names in described, (what, described)
+        [comment] = wait_for(lambda n=number: forge.comments_on(n), timeout=30, what=f"the comment on {what}")
+        assert key not in comment.body, what
+    assert http("GET", f"{served.base}/healthz")[0] == 200  # the deployer unharmed
+    assert [d["commit"] for d in served.deployments()] == [main]  # nothing deployed
+    assert not [e for e in served.audit() if e["event"] == "secrets.decrypted" and e["commit"] != main]
+    assert key not in served.log() and container_env(name)["V"] == "1"
+    assert forge.errors == []
+
+
+def _symlink(repo: ConfigRepo, relative: str, target: Path) -> None:
+    (repo.path / relative).parent.mkdir(parents=True, exist_ok=True)
+    (repo.path / relative).symlink_to(target)

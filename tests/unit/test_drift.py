@@ -82,8 +82,28 @@ def changed(index: int, **fields: Any) -> list[dict[str, Any]]:
 
 
 def test_a_baseline_records_hash_image_and_replicas_per_service() -> None:
-    expected = {"grafana": ServiceBaseline(HASH, IMAGE, 2), "prometheus": ServiceBaseline(HASH, IMAGE, 1)}
+    ref = "grafana/grafana:11.1.0"
+    expected = {"grafana": ServiceBaseline(HASH, IMAGE, 2, image_ref=ref),
+                "prometheus": ServiceBaseline(HASH, IMAGE, 1, image_ref=ref)}  # fmt: skip
     assert baseline_of(world()) == Baseline(services=expected)
+    assert Baseline.from_dict(BASELINE.as_dict()) == BASELINE  # as the state store keeps it
+
+
+def test_a_tag_that_names_another_image_now_is_an_image_change_of_the_containers_it_made() -> None:
+    containers = world()
+    containers[2]["Image"] = IMAGE  # the engine lists the image by id: its tag was pulled or built over
+    [finding] = findings(BASELINE, containers)
+    assert (finding.kind, finding.container) == ("image_changed", "monitoring-prometheus-1")
+    assert finding.detail == "container monitoring-prometheus-1 runs aaaaaaaaaaaa, but grafana/grafana:11.1.0 names " \
+        "another image now"  # fmt: skip
+
+
+def test_a_one_shot_service_that_had_exited_at_its_deploy_is_not_stopped_drift() -> None:
+    done = summary("migrate", state="exited", status="Exited (0) 1 minute ago")
+    baseline = baseline_of([*world(), done])
+    assert baseline.services["migrate"].running is False
+    assert findings(baseline, [*world(), done]) == []
+    assert [f.kind for f in findings(BASELINE, [*world(), done])] == ["stopped", "extra"]
 
 
 def test_a_baseline_ignores_one_off_containers_and_containers_of_no_service() -> None:
@@ -92,9 +112,10 @@ def test_a_baseline_ignores_one_off_containers_and_containers_of_no_service() ->
 
 
 def test_a_baseline_without_image_ids_records_none_and_keeps_what_most_replicas_have() -> None:
-    assert baseline_of([summary("web", image="")]).services["web"] == ServiceBaseline(HASH, None, 1)
+    ref = "grafana/grafana:11.1.0"
+    assert baseline_of([summary("web", image="")]).services["web"] == ServiceBaseline(HASH, None, 1, image_ref=ref)
     mixed = [summary("web", 1, config_hash=OTHER_HASH), summary("web", 2), summary("web", 3, config_hash=OTHER_HASH)]
-    assert baseline_of(mixed).services["web"] == ServiceBaseline(OTHER_HASH, IMAGE, 3)
+    assert baseline_of(mixed).services["web"] == ServiceBaseline(OTHER_HASH, IMAGE, 3, image_ref=ref)
     tie = [summary("web", 1, config_hash=OTHER_HASH), summary("web", 2)]
     assert baseline_of(tie) == baseline_of(list(reversed(tie)))
     assert baseline_of(tie).services["web"].config_hash == HASH

@@ -591,9 +591,9 @@ class StateStore:
     def record_drift(self, found: Mapping[str, tuple[str, list[dict[str, Any]]]], *, told: Told = NOTHING_TOLD) -> None:
         """Each stack's drift findings now ({name: (the deployment its baseline is from, findings as dicts)}),
         with what tells the changes, in one transaction. A stack deployed since its check began keeps the
-        clean slate its new deploy gave it."""
+        clean slate its new deploy gave it. Rows whose findings did not change are not written."""
         with self._tx() as db:
-            db.executemany("UPDATE stacks SET drift = ? WHERE name = ? AND deployment_id = ?",
+            db.executemany("UPDATE stacks SET drift = ?1 WHERE name = ?2 AND deployment_id = ?3 AND drift IS NOT ?1",
                            [(json.dumps(f) if f else None, name, by) for name, (by, f) in found.items()])  # fmt: skip
             write_told(db, told)
 

@@ -58,6 +58,9 @@ def test_an_engine_that_is_down_makes_drift_unknown_and_is_never_repaired(deps: 
     assert sorted((e.fields["stack"], e.fields["result"]) for e in events) == [("far", "unknown"), ("web", "unknown")]
     assert {e.fields["repair"] for e in events} == {"not repaired: the engine did not answer"}
     assert down.store.drift()["web"][0]["kind"] == "unknown"
+    written = down.store._db.total_changes
+    check_drift(down)
+    assert down.store._db.total_changes == written  # findings unchanged: no row rewritten, no event
     down.store.close()
 
 

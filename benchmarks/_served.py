@@ -22,9 +22,9 @@ def get(base: str, path: str) -> dict[str, object]:
     return found
 
 
-def push(base: str, sha: str, before: str) -> tuple[str, float]:
-    """Deliver a signed Gitea push of `sha`; return the deployment id and when the answer came (epoch)."""
-    delivery = sign("gitea", push_payload("gitea", after=sha, before=before), SECRET)
+def push(base: str, sha: str, before: str, *, forge: str = "gitea") -> tuple[str, float]:
+    """Deliver a signed push of `sha` as `forge` sends it; return the deployment id and when the answer came (epoch)."""
+    delivery = sign(forge, push_payload(forge, after=sha, before=before), SECRET)
     request = urllib.request.Request(f"{base}/webhook", data=delivery.body, headers=delivery.headers,  # noqa: S310
                                      method="POST")  # fmt: skip
     with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 -- loopback

@@ -32,8 +32,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also when run as `python benchmarks/preview.py`
 
 from benchmarks import _common as c
-from benchmarks._served import SECRET, serving
-from tests.deliveries import pull_payload, push_payload, sign
+from benchmarks._served import SECRET, finished, get, push, serving
+from tests.deliveries import pull_payload, sign
 from tests.helpers import ConfigRepo, git, service
 from tests.servers import ForgeServer
 
@@ -67,17 +67,8 @@ def deliver(base: str, head: str) -> float:
     return time.monotonic()
 
 
-def push(base: str, head: str, before: str) -> str:
-    delivery = sign("github", push_payload("github", after=head, before=before), SECRET, event="push")
-    request = urllib.request.Request(f"{base}/webhook", data=delivery.body, headers=delivery.headers,  # noqa: S310
-                                     method="POST")  # fmt: skip
-    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 -- loopback
-        return str(json.load(answer)["deployment_id"])
-
-
-def state(base: str, deployment_id: str) -> str:
-    with urllib.request.urlopen(f"{base}/api/deployments/{deployment_id}", timeout=10) as answer:  # noqa: S310
-        return str(json.load(answer)["state"])
+def running(base: str, deployment_id: str) -> bool:
+    return get(base, f"/api/deployments/{deployment_id}")["state"] == "running"
 
 
 def pull_request_push(repo: ConfigRepo, names: list[str], value: str) -> str:
@@ -88,15 +79,6 @@ def pull_request_push(repo: ConfigRepo, names: list[str], value: str) -> str:
     git(repo.path, "update-ref", f"refs/pull/{NUMBER}/head", head)
     git(repo.path, "checkout", "--quiet", "main")
     return head
-
-
-def settled(base: str, deployment_id: str) -> None:
-    """Wait for a deployment to be done; it must have succeeded."""
-    until(lambda: state(base, deployment_id) not in ("queued", "running"), time.monotonic() + 600)
-    with urllib.request.urlopen(f"{base}/api/deployments/{deployment_id}", timeout=10) as answer:  # noqa: S310
-        done = json.load(answer)
-    failed = [(s["name"], s["error"]) for s in done["stacks"] if s["state"] != "succeeded"]
-    assert done["state"] == "succeeded", f"the push's deployment {deployment_id} {done['state']}: {failed}"
 
 
 def until(check: object, deadline: float) -> float:
@@ -130,15 +112,16 @@ def measure(args: argparse.Namespace, prefix: str, tmp: Path) -> int:
         with serving(env, port, tmp / "serve.log") as base:
             waited = c.wait_until_idle() if args.wait_idle else 0.0
             info = c.run_info()
-            settled(base, push(base, main_head, "0" * 40))  # the busy stacks deployed once, unmeasured
+            # the busy stacks deployed once, unmeasured
+            finished(base, push(base, main_head, "0" * 40, forge="github")[0])
             for run in range(-1, args.runs):  # one unmeasured warm-up
                 for mode in MODES:
                     deploying = None
                     if mode == "deploying":
                         write_busy(repo, busy, f"main-{run}")
                         before, main_head = main_head, repo.commit(f"redeploy {BUSY} stacks, run {run}")
-                        deploying = push(base, main_head, before)
-                        until(lambda d=deploying: state(base, d) == "running", time.monotonic() + 60)
+                        deploying, _ = push(base, main_head, before, forge="github")
+                        until(lambda d=deploying: running(base, d), time.monotonic() + 60)
                     head = pull_request_push(repo, names, f"{run}-{mode}")
                     sent = time.monotonic()
                     acked = deliver(base, head)
@@ -147,13 +130,13 @@ def measure(args: argparse.Namespace, prefix: str, tmp: Path) -> int:
                                                        and p.context == "deployer/plan"
                                                        for p in list(forge.posted)), deadline)  # fmt: skip
                     comment = until(lambda h=head: any(h[:12] in c_.body for c_ in forge.comments_on(NUMBER)), deadline)
-                    if deploying is not None and run >= 0 and state(base, deploying) == "running":
+                    if deploying is not None and run >= 0 and running(base, deploying):
                         overlapped += 1
                     final = until(lambda h=head: forge.latest(h).get("deployer/plan") in ("success", "failure"),
                                   deadline)  # fmt: skip
                     assert forge.latest(head)["deployer/plan"] == "success", forge.posted[-1]
                     if deploying is not None:
-                        settled(base, deploying)
+                        finished(base, deploying)  # raises unless it succeeded
                     if run >= 0:
                         times[mode]["answered"].append(acked - sent)
                         times[mode]["planned"].append(max(pending, comment) - sent)
